@@ -1,0 +1,3 @@
+"""Loads the harness's pytest plugin (backend x device parametrization, --device)."""
+
+pytest_plugins = ["harness.pytest_plugin"]

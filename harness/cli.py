@@ -1,0 +1,109 @@
+"""Command line: `python -m harness [run|verify|list] ...`.
+
+`main` takes keyword arguments mirroring the flags, so scripts and tests call
+it directly; argparse lives in `run_cli`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from harness import registry, verify
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def list_backends(stream=sys.stdout) -> None:
+    """Every problem, its backends and configs, what they support and whether they run here."""
+    for problem in registry.problems():
+        print(f"{problem.name}: {problem.summary} (reference: {problem.reference})", file=stream)
+        for backend in registry.backends(problem.name):
+            dtypes = ",".join(verify.dtype_name(d) for d in backend.dtypes)
+            limits = " ".join(f"{k}={lo}..{hi}" for k, (lo, hi) in backend.limits.items())
+            features = ",".join(sorted(backend.features)) or "-"
+            print(f"  {backend.name:<12} {backend.summary}", file=stream)
+            print(f"  {'':<12} devices={','.join(backend.devices)} dtypes={dtypes} {limits} "
+                  f"features={features} priority={backend.priority}", file=stream)
+            for config, options in backend.configs.items():
+                status = []
+                for device in backend.devices:
+                    reason = registry.unavailable_reason(backend, config, device)
+                    status.append(f"{device}: {'available' if reason is None else reason}")
+                print(f"  {'':<12} config {config!r} {dict(options)}: {'; '.join(status)}", file=stream)
+
+
+def main(
+    command: str = "run",
+    *,
+    device: str | None = None,
+    problems: Sequence[str] | None = None,
+    backends: Sequence[str] | None = None,
+    dtypes: Sequence[str] | None = None,
+    cases: Sequence[str] | None = None,
+    sizes: Sequence[str] | None = None,
+    repeats: int = 3,
+    json_path: str | None = None,
+    stream=sys.stdout,
+) -> int:
+    """Run a command; returns the process exit code (1 if any verification failed)."""
+    if command == "list":
+        list_backends(stream)
+        return 0
+    if command not in ("run", "verify"):
+        raise ValueError(f"unknown command {command!r}; commands: run, verify, list")
+    device = device or default_device()
+    torch_dtypes = [getattr(torch, d) for d in dtypes] if dtypes else None
+    print(f"# verification on {device}: every backend against the float64 oracle "
+          f"(err/bound < 1 passes; harness/tolerance.py)", file=stream)
+    print(verify.format_header(), file=stream, flush=True)
+    current = []
+
+    def show(row: verify.Row) -> None:
+        if row["problem"] not in current:
+            current.append(row["problem"])
+            print(f"## {row['problem']}", file=stream)
+        print(verify.format_row(row), file=stream, flush=True)
+
+    rows = verify.verify(
+        device=device, problems=problems, backends=backends, dtypes=torch_dtypes, cases=cases,
+        sizes=[verify.parse_sizes(s) for s in sizes or []], repeats=repeats, on_row=show,
+    )
+    failed = [r for r in rows if r["status"] == "FAIL"]
+    ran = sum(r["status"] != "skipped" for r in rows)
+    print(f"# {ran} cells verified, {len(failed)} failed, {len(rows) - ran} skipped (reasons above)",
+          file=stream)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(rows, indent=1, default=str))
+        print(f"# rows written to {json_path}", file=stream)
+    return 1 if failed else 0
+
+
+def run_cli(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness",
+        description="Verify and benchmark fused-loss backends against a float64 reference.",
+    )
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "verify", "list"],
+                        help="run: the main job (default); verify: the verification table; "
+                             "list: problems, backends and availability")
+    parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--problem", action="append", dest="problems", help="repeatable")
+    parser.add_argument("--backend", action="append", dest="backends", help="repeatable")
+    parser.add_argument("--dtype", action="append", dest="dtypes",
+                        choices=["float64", "float32", "float16", "bfloat16"], help="repeatable")
+    parser.add_argument("--case", action="append", dest="cases", help="size-class label, repeatable")
+    parser.add_argument("--sizes", action="append",
+                        help="an extra case, e.g. batch=64,hidden=32,n_bits=16 (repeatable)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per cell (median reported)")
+    parser.add_argument("--json", dest="json_path", help="also write the rows as JSON here")
+    args = parser.parse_args(argv)
+    return main(**vars(args))

@@ -1,0 +1,1 @@
+"""Problems: one module per operation, holding its contract; modules defining PROBLEMS register."""

@@ -1,0 +1,37 @@
+"""pytest plugin of the harness: every test taking `sick_bide_variant` runs once per registered
+(backend, config, device), so a new backend is covered with no edit here.
+
+`--device cpu|cuda` restricts the devices (default: every device the backend
+declares). A variant that cannot run here is collected and skipped with the
+registry's reason ("no CUDA device", "triton not installed"), never dropped.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import registry
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", action="append", default=None, choices=["cpu", "cuda"],
+                     help="run backend tests only on these devices (repeatable)")
+
+
+def variant_params(problem: str, devices: list[str] | None) -> list:
+    params = []
+    for backend, config in registry.variants(problem):
+        for device in backend.devices:
+            if devices and device not in devices:
+                continue
+            name = f"{registry.variant_name(backend, config)}-{device}"
+            reason = registry.unavailable_reason(backend, config, device)
+            marks = [pytest.mark.skip(reason=f"{name}: {reason}")] if reason else []
+            params.append(pytest.param((backend, config, device), id=name, marks=marks))
+    return params
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "sick_bide_variant" in metafunc.fixturenames:
+        devices = metafunc.config.getoption("--device")
+        metafunc.parametrize("sick_bide_variant", variant_params("sick_bide", devices))

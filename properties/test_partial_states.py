@@ -1,0 +1,134 @@
+"""Partial states: any split of [0, 2^n) merges back to the whole, and merging is a monoid.
+
+Run for every backend variant with a partial_state kernel; backends without the
+'k_ranges' feature are held to the whole range and must refuse sub-ranges.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from functools import reduce
+
+import pytest
+import torch
+from hypothesis import given, note
+from hypothesis import strategies as st
+
+from harness import buffers, registry, tolerance
+from harness.errors import UnsupportedError
+from harness.problems import sick_bide
+from harness.problems.sick_bide_problem import state_slack
+from properties.strategies import cases, dtypes, split_points
+
+ALL_DTYPES = dtypes(sick_bide.DTYPES)
+
+
+def state(variant, inputs, k_start, k_stop, *, want_grad=True):
+    backend, config, _ = variant
+    with buffers.poisoned():
+        return sick_bide.partial_state(inputs["W"], inputs["r"], k_start, k_stop, want_grad=want_grad,
+                                       backend=backend.name, config=config)
+
+
+def summary(st: sick_bide.PartialState) -> dict[str, torch.Tensor]:
+    """What a state means independently of its m: lse = m + log s, and Dn = D / s."""
+    return {"lse": st.m + st.s.log(), "Dn": st.D / st.s[:, None, None]}
+
+
+def truth(inputs, k_start, k_stop, dtype):
+    """(oracle, reference in dtype, slack) summaries of the same range, from the reference backend."""
+    ref = {"backend": "reference", "want_grad": True}
+    W, r = inputs["W"], inputs["r"]
+    oracle = sick_bide.partial_state(W.double(), r.double(), k_start, k_stop, **ref)
+    ref_dtype = tolerance.reference_dtype(dtype)
+    reference = sick_bide.partial_state(W.to(ref_dtype), r.to(ref_dtype), k_start, k_stop, **ref)
+    return summary(oracle), summary(reference), state_slack(W, r, k_start, k_stop, dtype)
+
+
+def needs_states(variant, case):
+    backend, config, device = variant
+    if "partial_state" not in backend.kernels:
+        pytest.skip(f"{backend.name} has no partial_state kernel")
+    sizes = {"batch": case.batch, "hidden": case.hidden, "n_bits": case.n_bits}
+    try:
+        registry.check_runnable(backend, config, sizes, case.torch_dtype, device)
+    except UnsupportedError:
+        return False
+    return "grad" in backend.features
+
+
+@given(case=cases(dtype_names=ALL_DTYPES, kinds=("normal", "integer_W", "spread", "negative_r")),
+       data=st.data())
+def test_split_and_merge_gives_the_whole_range(sick_bide_variant, case, data):
+    """States of the pieces of any split of [0, 2^n), merged, match the whole-range state."""
+    if not needs_states(sick_bide_variant, case):
+        return
+    backend, _, device = sick_bide_variant
+    inputs = case.tensors(device)
+    cuts = data.draw(split_points(case.n_bits, data.draw(st.integers(1, 4), label="pieces")), label="cuts")
+    note(f"cuts: {cuts}")
+    if "k_ranges" not in backend.features:
+        with pytest.raises(UnsupportedError):
+            state(sick_bide_variant, inputs, 0, 1)
+        return
+    pieces = [state(sick_bide_variant, inputs, a, b) for a, b in itertools.pairwise(cuts)]
+    merged = summary(reduce(sick_bide.merge, pieces))
+    whole = summary(state(sick_bide_variant, inputs, 0, 1 << case.n_bits))
+    oracle, reference, slack = truth(inputs, 0, 1 << case.n_bits, case.torch_dtype)
+    for label, got in (("whole range", whole), (f"merged at {cuts}", merged)):
+        context = f"{backend.name} {label}, {case}"
+        tolerance.assert_within(got, oracle, reference, case.torch_dtype, context, slack)
+
+
+@given(case=cases(dtype_names=ALL_DTYPES, max_n_bits=8, kinds=("normal", "spread")), data=st.data())
+def test_sub_range_matches_reference_sub_range(sick_bide_variant, case, data):
+    """A state over any [k_start, k_stop) matches the float64 reference's state over the same range."""
+    if not needs_states(sick_bide_variant, case) or "k_ranges" not in sick_bide_variant[0].features:
+        return
+    lo, hi = sorted(data.draw(st.lists(st.integers(0, 1 << case.n_bits), min_size=2, max_size=2), label="range"))
+    if lo == hi:
+        hi = lo + 1 if lo < 1 << case.n_bits else hi
+        lo = hi - 1
+    inputs = case.tensors(sick_bide_variant[2])
+    got = summary(state(sick_bide_variant, inputs, lo, hi))
+    oracle, reference, slack = truth(inputs, lo, hi, case.torch_dtype)
+    tolerance.assert_within(got, oracle, reference, case.torch_dtype, f"range [{lo}, {hi}), {case}", slack)
+
+
+@given(case=cases(dtype_names=st.sampled_from(["float32", "float64"]), max_n_bits=8,
+                  kinds=("normal", "integer_W", "spread")), data=st.data())
+def test_merge_is_commutative_and_associative(sick_bide_variant, case, data):
+    """merge(a, b) == merge(b, a) exactly; (a.b).c == a.(b.c) to rounding; empty ranges are identities."""
+    if not needs_states(sick_bide_variant, case) or "k_ranges" not in sick_bide_variant[0].features:
+        return
+    inputs = case.tensors(sick_bide_variant[2])
+    cuts = data.draw(split_points(case.n_bits, 2), label="cuts")
+    a, b, c = (state(sick_bide_variant, inputs, x, y) for x, y in itertools.pairwise(cuts))
+    ab, ba = sick_bide.merge(a, b), sick_bide.merge(b, a)
+    for x, y in zip(ab, ba, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+    left, right = summary(sick_bide.merge(ab, c)), summary(sick_bide.merge(a, sick_bide.merge(b, c)))
+    eps = torch.finfo(a.m.dtype).eps
+    for name in left:
+        scale = float(left[name].abs().nan_to_num(0).max()) + 1
+        torch.testing.assert_close(left[name], right[name], rtol=16 * eps, atol=16 * eps * scale, equal_nan=True)
+    empty = state(sick_bide_variant, inputs, cuts[1], cuts[1])
+    assert float(empty.s.abs().max(), ) == 0 and bool((empty.m == -math.inf).all())
+    for x, y in zip(sick_bide.merge(a, empty), a, strict=True):
+        torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
+
+
+def test_forward_only_state_has_no_gradient_sums(sick_bide_variant):
+    """want_grad=False returns D = None; the forward-only path is not the gradient path with D dropped."""
+    backend, config, device = sick_bide_variant
+    if "partial_state" not in backend.kernels:
+        pytest.skip(f"{backend.name} has no partial_state kernel")
+    W = torch.randn(3, 4, 5, device=device)
+    r = torch.randn(3, 4, device=device)
+    forward = sick_bide.partial_state(W, r, backend=backend.name, config=config)
+    assert forward.D is None
+    if "grad" in backend.features:
+        full = sick_bide.partial_state(W, r, want_grad=True, backend=backend.name, config=config)
+        torch.testing.assert_close(forward.m, full.m)
+        torch.testing.assert_close(forward.s, full.s)

@@ -1,0 +1,189 @@
+"""SICK-BIDE properties, run for every registered backend variant on every device it declares.
+
+Each test names the property it checks; inputs come from properties/strategies.py
+and failures print the Case that reproduces them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import assume, example, given, note
+from hypothesis import strategies as st
+
+from harness import buffers, registry, tolerance, verify
+from harness.errors import UnsupportedError
+from harness.problems import sick_bide
+from properties.strategies import Case, cases, dtypes
+
+PROBLEM = registry.problem("sick_bide")
+ALL_DTYPES = dtypes(sick_bide.DTYPES)
+
+
+def refusal(backend, config, case: Case, device) -> str | None:
+    """Why the backend declares it cannot run this case, or None."""
+    sizes = {"batch": case.batch, "hidden": case.hidden, "n_bits": case.n_bits,
+             "targets_per_row": case.targets_per_row or 1}
+    try:
+        registry.check_runnable(backend, config, sizes, case.torch_dtype, device)
+    except UnsupportedError as exc:
+        return str(exc)
+    return None
+
+
+def run(variant, inputs, mode="backward"):
+    backend, config, _ = variant
+    with buffers.poisoned():
+        return PROBLEM.prepare(backend, config, inputs, mode)()
+
+
+def judge(variant, case: Case, inputs, outputs):
+    """Hold outputs to the tolerance policy against the float64 oracle; raise naming the case.
+
+    Returns (checks, slack): what an output may deviate from the truth.
+    """
+    oracle, reference, slack = verify.ground_truth(PROBLEM, inputs, case.torch_dtype)
+    name = f"{registry.variant_name(*variant[:2])} on {variant[2]}"
+    checks = tolerance.assert_within(outputs, oracle, reference, case.torch_dtype, f"{name}, {case}", slack)
+    return checks, slack or {}
+
+
+def assert_consistent(a, b, judged, what: str) -> None:
+    """Two runs that must agree: each is within bound + slack of the truth, so within twice that."""
+    checks, slack = judged
+    for check in checks:
+        x, y = a[check.name].double().cpu(), b[check.name].double().cpu()
+        allowed = 2 * (check.bound + slack.get(check.name, torch.zeros(())).double().cpu())
+        excess = torch.where(x.isnan() & y.isnan(), 0.0, (x - y).abs() - allowed).nan_to_num(math.inf)
+        assert excess.numel() == 0 or float(excess.max()) <= 0, (
+            f"{what}: {check.name} differs by {float(excess.max()):.3g} more than twice its tolerance"
+        )
+
+
+# The awkward inputs, pinned: each runs on every backend before anything random.
+PINNED = [
+    Case(batch=3, hidden=2, n_bits=1, targets_per_row=None, edge_targets=True),
+    Case(batch=5, hidden=7, n_bits=7, targets_per_row=3, seed=1),
+    Case(batch=1, hidden=3, n_bits=5, targets_per_row=1, edge_targets=True, seed=2),
+    Case(batch=33, hidden=5, n_bits=6, targets_per_row=2, seed=3),
+    Case(batch=4, hidden=6, n_bits=8, targets_per_row=None, kind="zero_W", seed=4),
+    Case(batch=4, hidden=6, n_bits=8, targets_per_row=1, kind="zero_r", seed=5),
+    Case(batch=6, hidden=9, n_bits=7, targets_per_row=2, kind="integer_W", edge_targets=True, seed=6),
+    Case(batch=3, hidden=4, n_bits=9, targets_per_row=1, kind="spread", scale=2.0, seed=7),
+    Case(batch=4, hidden=8, n_bits=6, targets_per_row=1, kind="negative_r", seed=8),
+    Case(batch=8, hidden=5, n_bits=5, targets_per_row=2, kind="nan_rows", seed=9),
+    Case(batch=2, hidden=3, n_bits=11, targets_per_row=1, dtype="float16", seed=10),
+    Case(batch=2, hidden=3, n_bits=11, targets_per_row=1, dtype="bfloat16", kind="spread", seed=11),
+    Case(batch=3, hidden=5, n_bits=10, targets_per_row=2, dtype="float64", seed=12),
+]
+
+
+def pinned(test):
+    for case in reversed(PINNED):
+        test = example(case=case)(test)
+    return test
+
+
+@given(case=cases(dtype_names=ALL_DTYPES))
+@pinned
+def test_matches_float64_oracle(sick_bide_variant, case):
+    """nll, lse, dW, dr within the tolerance policy of the float64 oracle; refusals are declared."""
+    backend, config, device = sick_bide_variant
+    note(f"case: {case}")
+    inputs = case.tensors(device)
+    if refusal(backend, config, case, device) is not None:
+        with pytest.raises(UnsupportedError):
+            run(sick_bide_variant, inputs)
+        return
+    judge(sick_bide_variant, case, inputs, run(sick_bide_variant, inputs))
+
+
+@given(case=cases(dtype_names=ALL_DTYPES, kinds=("zero_W", "zero_r")))
+def test_zero_weights_give_uniform_nll(sick_bide_variant, case):
+    """W = 0 or r = 0 makes every logit 0: nll = lse = n ln 2; with W = 0 the gradients are exactly 0."""
+    backend, config, device = sick_bide_variant
+    if refusal(backend, config, case, device):
+        return
+    out = run(sick_bide_variant, case.tensors(device))
+    expected = case.n_bits * math.log(2)
+    bound = 4 * tolerance.eps(out["nll"].dtype) * expected
+    for name in ("nll", "lse"):
+        worst = float((out[name].double() - expected).abs().max())
+        assert worst <= bound, f"{name} off n ln 2 by {worst:.3g} > {bound:.3g} for {case}"
+    if case.kind == "zero_W":
+        assert not out["dW"].any() and not out["dr"].any(), f"W = 0 must give zero gradients: {case}"
+
+
+@given(case=cases(dtype_names=ALL_DTYPES, kinds=("normal", "integer_W", "spread")), data=st.data())
+def test_flipping_a_bit_relabels_codes(sick_bide_variant, case, data):
+    """Negating W[:, :, j] and flipping bit j of every target leaves nll and lse, negates dW[:, :, j]."""
+    backend, config, device = sick_bide_variant
+    if refusal(backend, config, case, device):
+        return
+    j = data.draw(st.integers(0, case.n_bits - 1), label="bit")
+    inputs = case.tensors(device)
+    flipped = dict(inputs, W=inputs["W"].clone(), targets=inputs["targets"] ^ (1 << j))
+    flipped["W"][:, :, j] *= -1
+    out, out_flipped = run(sick_bide_variant, inputs), run(sick_bide_variant, flipped)
+    out_flipped["dW"][:, :, j] *= -1
+    assert_consistent(out, out_flipped, judge(sick_bide_variant, case, inputs, out), f"bit {j} flip, {case}")
+
+
+@given(case=cases(dtype_names=ALL_DTYPES, kinds=("normal", "negative_r")), data=st.data())
+def test_permuting_hidden_units_permutes_gradients(sick_bide_variant, case, data):
+    """Permuting hidden units leaves nll and lse and permutes dW and dr the same way."""
+    backend, config, device = sick_bide_variant
+    if refusal(backend, config, case, device):
+        return
+    perm = torch.tensor(data.draw(st.permutations(range(case.hidden)), label="perm"), device=device)
+    inputs = case.tensors(device)
+    permuted = dict(inputs, W=inputs["W"][:, perm], r=inputs["r"][:, perm])
+    out, out_perm = run(sick_bide_variant, inputs), run(sick_bide_variant, permuted)
+    unpermute = torch.argsort(perm)
+    out_perm["dW"], out_perm["dr"] = out_perm["dW"][:, unpermute], out_perm["dr"][:, unpermute]
+    assert_consistent(out, out_perm, judge(sick_bide_variant, case, inputs, out), f"perm {perm.tolist()}, {case}")
+
+
+@given(case=cases(dtype_names=ALL_DTYPES), data=st.data())
+def test_rows_are_independent(sick_bide_variant, case, data):
+    """A row's outputs do not depend on the other rows of the batch (NaN rows included)."""
+    backend, config, device = sick_bide_variant
+    if refusal(backend, config, case, device):
+        return
+    inputs = case.tensors(device)
+    keep = data.draw(st.lists(st.integers(0, case.batch - 1), min_size=1, max_size=case.batch, unique=True),
+                     label="rows")
+    rows = torch.tensor(keep, device=device)
+    subset = {name: t[rows] for name, t in inputs.items()}
+    out, out_subset = run(sick_bide_variant, inputs), run(sick_bide_variant, subset)
+    judged = judge(sick_bide_variant, case, inputs, out)
+    slack = {k: v[rows.cpu()] for k, v in judged[1].items()}
+    assert_consistent({k: v[rows] for k, v in out.items()}, out_subset, (judged[0], slack), f"rows {keep}, {case}")
+
+
+@given(case=cases(dtype_names=st.just("float64"), max_n_bits=5, max_hidden=4, max_batch=3,
+                  kinds=("normal", "negative_r"), min_scale=0.5))
+def test_gradcheck_float64(sick_bide_variant, case):
+    """torch.autograd.gradcheck of (nll, lse) in W and r against finite differences."""
+    backend, config, device = sick_bide_variant
+    if refusal(backend, config, case, device):
+        return
+    inputs = case.tensors(device)
+    # Finite differences across a ReLU kink test the kink, not the backend.
+    assume(min_abs_z(inputs["W"]) > 1e-4)
+    W = inputs["W"].detach().requires_grad_()
+    r = inputs["r"].detach().requires_grad_()
+
+    def f(W, r):
+        return sick_bide.loss(W, r, inputs["targets"], backend=backend.name, config=config)
+
+    assert torch.autograd.gradcheck(f, (W, r), eps=1e-6, atol=1e-6, rtol=1e-4)
+
+
+def min_abs_z(W: torch.Tensor) -> float:
+    """min |z_kh| over all codes, hidden units and rows, in float64."""
+    n = W.shape[2]
+    b = sick_bide.bits(torch.arange(1 << n, device=W.device), n, torch.float64)
+    return float(torch.einsum("bhj,kj->bkh", W.double(), b).abs().min())

@@ -1,0 +1,140 @@
+"""The autograd contract of sick_bide.loss, for every backend variant on every device."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from harness import registry
+from harness.problems import sick_bide
+
+
+def inputs(device, dtype=torch.float32, batch=4, hidden=5, n_bits=6, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    W = torch.randn(batch, hidden, n_bits, generator=gen).to(dtype).to(device)
+    r = torch.randn(batch, hidden, generator=gen).to(dtype).to(device)
+    targets = torch.randint(0, 1 << n_bits, (batch, 2), generator=gen).to(device)
+    return W, r, targets
+
+
+def call(variant, W, r, targets, **kw):
+    backend, config, _ = variant
+    return sick_bide.loss(W, r, targets, backend=backend.name, config=config, **kw)
+
+
+def test_empty_batch_returns_empty_outputs_and_gradients(sick_bide_variant):
+    device = sick_bide_variant[2]
+    W = torch.randn(0, 3, 5, device=device, requires_grad=True)
+    r = torch.randn(0, 3, device=device, requires_grad=True)
+    targets = torch.zeros(0, 2, dtype=torch.long, device=device)
+    nll, lse = call(sick_bide_variant, W, r, targets)
+    assert nll.shape == (0, 2) and lse.shape == (0,)
+    (nll.sum() + lse.sum()).backward()
+    assert W.grad.shape == (0, 3, 5) and r.grad.shape == (0, 3)
+
+
+def test_one_dimensional_targets_give_one_dimensional_nll(sick_bide_variant):
+    W, r, targets = inputs(sick_bide_variant[2])
+    nll_1d, _ = call(sick_bide_variant, W, r, targets[:, 0])
+    nll_2d, _ = call(sick_bide_variant, W, r, targets[:, :1])
+    assert nll_1d.shape == (4,) and nll_2d.shape == (4, 1)
+    torch.testing.assert_close(nll_1d, nll_2d[:, 0], rtol=0, atol=0)
+
+
+def test_non_contiguous_inputs_match_contiguous(sick_bide_variant):
+    W, r, targets = inputs(sick_bide_variant[2])
+    W_strided = W.transpose(1, 2).contiguous().transpose(1, 2)       # same values, other strides
+    r_strided = torch.stack([r, r], dim=-1)[..., 0]
+    assert not W_strided.is_contiguous() and not r_strided.is_contiguous()
+    t_strided = torch.stack([targets, targets], dim=-1)[..., 1]
+    for a, b in zip(call(sick_bide_variant, W, r, targets),
+                    call(sick_bide_variant, W_strided, r_strided, t_strided), strict=True):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("which", ["W", "r"])
+def test_requires_grad_on_one_input_only(sick_bide_variant, which):
+    W, r, targets = inputs(sick_bide_variant[2])
+    leaf = (W if which == "W" else r).requires_grad_()
+    nll, lse = call(sick_bide_variant, W, r, targets)
+    (nll.sum() + lse.sum()).backward()
+    assert leaf.grad is not None and leaf.grad.shape == leaf.shape and torch.isfinite(leaf.grad).all()
+    other = r if which == "W" else W
+    assert other.grad is None
+
+
+def test_gradients_come_back_in_the_input_dtype(sick_bide_variant):
+    backend, _, device = sick_bide_variant
+    for dtype in backend.dtypes:
+        W, r, targets = inputs(device, dtype)
+        W.requires_grad_(), r.requires_grad_()
+        nll, lse = call(sick_bide_variant, W, r, targets)
+        assert nll.dtype == lse.dtype == sick_bide.acc_dtype(dtype)
+        nll.sum().backward()
+        assert W.grad.dtype == dtype and r.grad.dtype == dtype
+
+
+def test_no_grad_computes_no_gradient_sums(sick_bide_variant, monkeypatch):
+    backend, _, device = sick_bide_variant
+    if "partial_state" not in backend.kernels or "loss" in backend.kernels:
+        pytest.skip(f"{backend.name} differentiates with autograd; there are no fused gradient sums")
+    seen = []
+    kernel = backend.kernels["partial_state"]
+
+    def spy(W, r, k_start, k_stop, out, **options):
+        seen.append(out.D is not None)
+        return kernel(W, r, k_start, k_stop, out, **options)
+
+    monkeypatch.setitem(backend.kernels, "partial_state", spy)
+    W, r, targets = inputs(device)
+    W.requires_grad_()
+    with torch.no_grad():
+        call(sick_bide_variant, W, r, targets)
+    call(sick_bide_variant, W.detach(), r, targets)   # nothing requires grad
+    call(sick_bide_variant, W, r, targets)            # W requires grad: sums wanted
+    assert seen == [False, False, True]
+
+
+def test_double_backward_raises_a_clear_error(sick_bide_variant):
+    backend, _, device = sick_bide_variant
+    W, r, targets = inputs(device, torch.float64)
+    W.requires_grad_()
+    nll, _ = call(sick_bide_variant, W, r, targets)
+    if "loss" in backend.kernels:  # autograd-native: second derivatives exist (ReLU'' = 0)
+        (dW,) = torch.autograd.grad(nll.sum(), W, create_graph=True)
+        (ddW,) = torch.autograd.grad(dW.sum(), W, allow_unused=True, materialize_grads=True)
+        assert torch.isfinite(ddW).all()
+        return
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        torch.autograd.grad(nll.sum(), W, create_graph=True)
+
+
+def test_loss_and_grad_matches_autograd(sick_bide_variant):
+    backend, config, device = sick_bide_variant
+    W, r, targets = inputs(device, torch.float64)
+    grad_nll = torch.randn(targets.shape, dtype=torch.float64, device=device)
+    nll, lse, dW, dr = sick_bide.loss_and_grad(W, r, targets, grad_nll, backend=backend.name, config=config)
+    W_, r_ = W.clone().requires_grad_(), r.clone().requires_grad_()
+    nll_ref, _ = call(sick_bide_variant, W_, r_, targets)
+    nll_ref.backward(grad_nll)
+    torch.testing.assert_close(nll, nll_ref.detach())
+    torch.testing.assert_close(dW, W_.grad)
+    torch.testing.assert_close(dr, r_.grad)
+    assert not nll.requires_grad and lse.shape == (W.shape[0],)
+
+
+def test_options_override_the_config(sick_bide_variant):
+    """Keyword options reach the kernel: an unknown one is an error, not silently ignored."""
+    W, r, targets = inputs(sick_bide_variant[2])
+    with pytest.raises(TypeError):
+        call(sick_bide_variant, W, r, targets, no_such_option=1)
+
+
+def test_auto_picks_a_runnable_backend():
+    W, r, targets = inputs("cpu")
+    nll, _ = sick_bide.loss(W, r, targets)   # backend="auto"
+    ref_nll, _ = sick_bide.loss(W, r, targets, backend="reference")
+    torch.testing.assert_close(nll, ref_nll)
+    best = max((b for b in registry.backends("sick_bide")
+                if registry.unavailable_reason(b, "default", "cpu") is None), key=lambda b: b.priority)
+    assert best.name != "reference"

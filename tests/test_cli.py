@@ -1,0 +1,51 @@
+"""The main job's verification table and its exit code."""
+
+from __future__ import annotations
+
+import io
+import json
+
+from harness import cli
+
+
+def test_verify_prints_a_row_per_backend_and_passes(tmp_path):
+    out = io.StringIO()
+    path = tmp_path / "rows.json"
+    code = cli.main("verify", device="cpu", cases=["n=1"], dtypes=["float32"], repeats=1,
+                    json_path=str(path), stream=out)
+    text = out.getvalue()
+    assert code == 0, text
+    for variant in ("reference", "chunked", "chunked:compile"):
+        assert any(line.startswith(variant + " ") and " pass " in line for line in text.splitlines()), text
+    rows = json.loads(path.read_text())
+    assert {r["variant"] for r in rows} >= {"reference", "chunked"}
+    ran = [r for r in rows if r["status"] != "skipped"]
+    assert all(r["time_forward_s"] > 0 and r["time_backward_s"] > 0 for r in ran)
+    assert all({c["output"] for c in r["checks"]} == {"nll", "lse", "dW", "dr"} for r in ran)
+
+
+def test_cells_a_backend_cannot_run_are_rows_with_reasons(monkeypatch):
+    monkeypatch.setenv("FUSEDBENCH_MEMORY_BUDGET", "64KiB")
+    out = io.StringIO()
+    code = cli.main("verify", device="cpu", cases=["n=12"], dtypes=["float32"], backends=["chunked"],
+                    repeats=1, stream=out)
+    assert code == 0
+    assert "skip" in out.getvalue() and "memory budget" in out.getvalue()
+
+
+def test_failures_give_a_nonzero_exit_code(monkeypatch):
+    from harness import registry
+
+    chunked = registry.backend("sick_bide", "chunked")
+    kernel = chunked.kernels["partial_state"]
+
+    def off_by_a_bit(W, r, k_start, k_stop, out, **options):
+        kernel(W, r, k_start, k_stop, out, **options)
+        out.s.mul_(1.001)   # a 0.1% error in the normaliser
+
+    monkeypatch.setitem(chunked.kernels, "partial_state", off_by_a_bit)
+    out = io.StringIO()
+    code = cli.main("verify", device="cpu", cases=["n=1"], dtypes=["float32"], backends=["chunked"],
+                    repeats=1, stream=out)
+    assert code == 1
+    assert "FAIL" in out.getvalue() and "lse: max error" in out.getvalue()

@@ -1,0 +1,94 @@
+"""Discovery: built-ins by scanning, plugins by entry points, both through one door."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness import Backend, registry
+from harness.problems import sick_bide
+from harness.pytest_plugin import variant_params
+
+
+def test_builtins_are_registered():
+    names = {b.name for b in registry.backends("sick_bide")}
+    assert {"reference", "chunked"} <= names
+    assert [p.name for p in registry.problems()] == ["sick_bide"]
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    monkeypatch.setattr(registry, "_BACKENDS", {})
+    monkeypatch.setattr(registry, "_PROBLEMS", {})
+    monkeypatch.setattr(registry, "_LOADED", False)
+
+
+def test_entry_point_plugin_is_found_and_covered(fresh_registry, monkeypatch):
+    fake = importlib.metadata.EntryPoint(name="example", value="tests.plugin_example",
+                                         group=registry.BACKEND_GROUP)
+    real = importlib.metadata.entry_points
+
+    def entry_points(group=None, **kw):
+        return [fake] if group == registry.BACKEND_GROUP else real(group=group, **kw)
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
+    assert "plugin-example" in {b.name for b in registry.backends("sick_bide")}
+    # ...and the property and API tests parametrize over it with no edit anywhere:
+    ids = [p.id for p in variant_params("sick_bide", None)]
+    assert "plugin-example-cpu" in ids
+    W, r = torch.randn(2, 3, 4), torch.randn(2, 3)
+    targets = torch.tensor([1, 7])
+    ours = sick_bide.loss(W, r, targets, backend="plugin-example")
+    ref = sick_bide.loss(W, r, targets, backend="reference")
+    for a, b in zip(ours, ref, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_broken_plugin_warns_and_the_rest_still_load(fresh_registry, monkeypatch):
+    fake = importlib.metadata.EntryPoint(name="broken", value="no_such_module_xyz",
+                                         group=registry.BACKEND_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points",
+                        lambda group=None, **kw: [fake] if group == registry.BACKEND_GROUP else [])
+    with pytest.warns(UserWarning, match="entry point 'broken' failed to load"):
+        names = {b.name for b in registry.backends("sick_bide")}
+    assert "chunked" in names
+
+
+def test_backend_must_provide_known_kernels():
+    bad = Backend(name="bad", problem="sick_bide", kernels={"forward": lambda: None})
+    with pytest.raises(ValueError, match="kernels must be among"):
+        sick_bide.check_backend(bad)
+    with pytest.raises(ValueError, match="needs a partial_state kernel"):
+        sick_bide.check_backend(Backend(name="bad", problem="sick_bide", kernels={"loss": lambda: None},
+                                        features=frozenset({"k_ranges"})))
+    with pytest.raises(ValueError, match="configs must include 'default'"):
+        registry.register(Backend(name="bad", problem="sick_bide", kernels={"loss": lambda: None},
+                                  configs={"fast": {}}))
+
+
+def test_unavailable_reasons():
+    chunked = registry.backend("sick_bide", "chunked")
+    assert registry.unavailable_reason(chunked, "default", "cpu") is None
+    if not torch.cuda.is_available():
+        assert registry.unavailable_reason(chunked, "default", "cuda") == "no CUDA device"
+    assert "has no config" in registry.unavailable_reason(chunked, "nope", "cpu")
+
+
+def test_parse_and_format_bytes():
+    assert registry.parse_bytes("4GiB") == 4 * 2**30
+    assert registry.parse_bytes("1.5 MiB") == int(1.5 * 2**20)
+    assert registry.parse_bytes("1e9") == 10**9
+    assert registry.format_bytes(3 * 2**30) == "3.0 GiB"
+
+
+def test_python_m_harness_list_shows_every_backend():
+    out = subprocess.run([sys.executable, "-m", "harness", "list"], capture_output=True, text=True, check=True)
+    assert "sick_bide" in out.stdout
+    for name in ("reference", "chunked"):
+        assert f"  {name} " in out.stdout
+    assert "config 'compile'" in out.stdout
+    assert "cpu: available" in out.stdout
