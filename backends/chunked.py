@@ -42,7 +42,7 @@ import torch
 from torch import Tensor
 
 from harness import Backend
-from harness.problems.sick_bide import DTYPES, PartialState, bits
+from harness.problems.sick_bide import DTYPES, PartialState, bits, z_table
 
 # Elements per [batch, chunk, hidden] tensor when chunk_size is not given: ~16 MiB in float32.
 _AUTO_CHUNK_ELEMENTS = 1 << 22
@@ -52,16 +52,6 @@ def auto_chunk_size(batch: int, hidden: int, n_bits: int) -> int:
     """The largest power of two of codes per step that keeps a step's tensors near 16 MiB."""
     chunk = max(1, _AUTO_CHUNK_ELEMENTS // max(1, batch * hidden))
     return min(1 << (chunk.bit_length() - 1), 1 << n_bits)
-
-
-def _table(W_part: Tensor) -> Tensor:
-    """W_part [B, H, m] -> P [B, 2^m, H], z for every m-bit code, built by doubling over bits."""
-    batch, hidden, _ = W_part.shape
-    P = W_part.new_zeros(batch, 1, hidden)
-    for j in range(W_part.shape[2]):
-        w = W_part[:, None, :, j]                     # [B, 1, H]
-        P = torch.cat((P - w, P + w), dim=1)          # codes with bit j clear come first
-    return P
 
 
 def _fold(G: Tensor) -> Tensor:
@@ -117,7 +107,7 @@ def partial_state(
     n_lo = min((n_bits + 1) // 2, chunk.bit_length() - 1)
     n_hi = n_bits - n_lo
     rows = max(1, chunk >> n_lo)
-    P_lo = _table(W[:, :, :n_lo])                                          # [B, K_lo, H]
+    P_lo = z_table(W[:, :, :n_lo])                                          # [B, K_lo, H]
     W_hi = W[:, :, n_lo:]                                                  # [B, H, n_hi]
     step = _compiled_step() if compile else _step
 

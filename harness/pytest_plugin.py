@@ -2,15 +2,25 @@
 (backend, config, device), so a new backend is covered with no edit here.
 
 `--device cpu|cuda` restricts the devices (default: every device the backend
-declares). A variant that cannot run here is collected and skipped with the
-registry's reason ("no CUDA device", "triton not installed"), never dropped.
+declares). On a machine without CUDA, TRITON_INTERPRET=1 is set (unless set
+otherwise) so that Triton backends are checked in Triton's interpreter. A
+variant that cannot run here is collected and skipped with the registry's
+reason ("no CUDA device", "triton not installed"), never dropped.
 """
 
 from __future__ import annotations
 
+import os
+
 import pytest
+import torch
 
 from harness import registry
+
+# Without a GPU, Triton kernels run in Triton's interpreter (on the CPU, slowly) so that their
+# properties still run in CI. Must be set before any backend module applies @triton.jit.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

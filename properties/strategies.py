@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from harness.problems import sick_bide
 
-__all__ = ["KINDS", "Case", "cases", "dtypes", "split_points"]
+__all__ = ["KINDS", "Case", "cases", "cases_for", "dtypes", "split_points"]
 
 # What the values look like; each probes one part of the contract.
 KINDS = (
@@ -109,6 +109,7 @@ def cases(
     draw,
     *,
     dtype_names: st.SearchStrategy[str],
+    min_n_bits: int = 1,
     max_n_bits: int = 11,
     max_hidden: int = 40,
     max_batch: int = 9,
@@ -117,7 +118,7 @@ def cases(
     min_scale: float = 0.05,
 ) -> Case:
     """Cases whose float64 oracle stays cheap: batch * 2^n * hidden <= max_work."""
-    n_bits = draw(st.integers(1, max_n_bits))
+    n_bits = draw(st.integers(min_n_bits, max_n_bits))
     hidden = draw(st.integers(1, max(1, min(max_hidden, max_work >> n_bits))))
     batch = draw(st.integers(1, max(1, min(max_batch, max_work // (hidden << n_bits)))))
     dtype = draw(dtype_names)
@@ -135,6 +136,23 @@ def cases(
         edge_targets=draw(st.booleans()),
         seed=draw(st.integers(0, 2**31 - 1)),
     )
+
+
+def cases_for(backend, *, dtype_names: tuple[str, ...] | None = None, max_n_bits: int = 11, **kwargs):
+    """`cases` restricted to what `backend` declares it runs (dtypes, n_bits range).
+
+    Raises LookupError naming the gap when nothing is left, so that the caller
+    skips with that reason instead of passing vacuously.
+    """
+    declared = [str(d).removeprefix("torch.") for d in backend.dtypes]
+    allowed = [d for d in (dtype_names or declared) if d in declared]
+    lo, hi = backend.limits.get("n_bits", (1, 32))
+    if not allowed or lo > min(hi, max_n_bits):
+        raise LookupError(
+            f"{backend.name} declares dtypes {declared} and n_bits {lo}..{hi}; this property needs "
+            f"{list(dtype_names or declared)} and n_bits <= {max_n_bits}"
+        )
+    return cases(dtype_names=st.sampled_from(allowed), min_n_bits=lo, max_n_bits=min(hi, max_n_bits), **kwargs)
 
 
 @st.composite

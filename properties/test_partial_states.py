@@ -15,13 +15,11 @@ import torch
 from hypothesis import given, note
 from hypothesis import strategies as st
 
-from harness import buffers, registry, tolerance
+from harness import buffers, tolerance
 from harness.errors import UnsupportedError
 from harness.problems import sick_bide
 from harness.problems.sick_bide_problem import state_slack
-from properties.strategies import cases, dtypes, split_points
-
-ALL_DTYPES = dtypes(sick_bide.DTYPES)
+from properties.strategies import cases_for, split_points
 
 
 def state(variant, inputs, k_start, k_stop, *, want_grad=True):
@@ -46,24 +44,22 @@ def truth(inputs, k_start, k_stop, dtype):
     return summary(oracle), summary(reference), state_slack(W, r, k_start, k_stop, dtype)
 
 
-def needs_states(variant, case):
-    backend, config, device = variant
-    if "partial_state" not in backend.kernels:
-        pytest.skip(f"{backend.name} has no partial_state kernel")
-    sizes = {"batch": case.batch, "hidden": case.hidden, "n_bits": case.n_bits}
+def draw_case(data, variant, **kwargs):
+    """A case for a backend with fused gradient sums over code ranges; skips (with the reason) otherwise."""
+    backend = variant[0]
+    if "partial_state" not in backend.kernels or "grad" not in backend.features:
+        pytest.skip(f"{backend.name} has no partial_state kernel with gradient sums")
     try:
-        registry.check_runnable(backend, config, sizes, case.torch_dtype, device)
-    except UnsupportedError:
-        return False
-    return "grad" in backend.features
+        strategy = cases_for(backend, **kwargs)
+    except LookupError as exc:
+        pytest.skip(str(exc))
+    return data.draw(strategy, label="case")
 
 
-@given(case=cases(dtype_names=ALL_DTYPES, kinds=("normal", "integer_W", "spread", "negative_r")),
-       data=st.data())
-def test_split_and_merge_gives_the_whole_range(sick_bide_variant, case, data):
+@given(data=st.data())
+def test_split_and_merge_gives_the_whole_range(sick_bide_variant, data):
     """States of the pieces of any split of [0, 2^n), merged, match the whole-range state."""
-    if not needs_states(sick_bide_variant, case):
-        return
+    case = draw_case(data, sick_bide_variant, kinds=("normal", "integer_W", "spread", "negative_r"))
     backend, _, device = sick_bide_variant
     inputs = case.tensors(device)
     cuts = data.draw(split_points(case.n_bits, data.draw(st.integers(1, 4), label="pieces")), label="cuts")
@@ -81,11 +77,12 @@ def test_split_and_merge_gives_the_whole_range(sick_bide_variant, case, data):
         tolerance.assert_within(got, oracle, reference, case.torch_dtype, context, slack)
 
 
-@given(case=cases(dtype_names=ALL_DTYPES, max_n_bits=8, kinds=("normal", "spread")), data=st.data())
-def test_sub_range_matches_reference_sub_range(sick_bide_variant, case, data):
+@given(data=st.data())
+def test_sub_range_matches_reference_sub_range(sick_bide_variant, data):
     """A state over any [k_start, k_stop) matches the float64 reference's state over the same range."""
-    if not needs_states(sick_bide_variant, case) or "k_ranges" not in sick_bide_variant[0].features:
-        return
+    case = draw_case(data, sick_bide_variant, max_n_bits=8, kinds=("normal", "spread"))
+    if "k_ranges" not in sick_bide_variant[0].features:
+        pytest.skip(f"{sick_bide_variant[0].name} runs whole ranges only (checked by the split test)")
     lo, hi = sorted(data.draw(st.lists(st.integers(0, 1 << case.n_bits), min_size=2, max_size=2), label="range"))
     if lo == hi:
         hi = lo + 1 if lo < 1 << case.n_bits else hi
@@ -96,12 +93,13 @@ def test_sub_range_matches_reference_sub_range(sick_bide_variant, case, data):
     tolerance.assert_within(got, oracle, reference, case.torch_dtype, f"range [{lo}, {hi}), {case}", slack)
 
 
-@given(case=cases(dtype_names=st.sampled_from(["float32", "float64"]), max_n_bits=8,
-                  kinds=("normal", "integer_W", "spread")), data=st.data())
-def test_merge_is_commutative_and_associative(sick_bide_variant, case, data):
+@given(data=st.data())
+def test_merge_is_commutative_and_associative(sick_bide_variant, data):
     """merge(a, b) == merge(b, a) exactly; (a.b).c == a.(b.c) to rounding; empty ranges are identities."""
-    if not needs_states(sick_bide_variant, case) or "k_ranges" not in sick_bide_variant[0].features:
-        return
+    case = draw_case(data, sick_bide_variant, dtype_names=("float32", "float64"), max_n_bits=8,
+                     kinds=("normal", "integer_W", "spread"))
+    if "k_ranges" not in sick_bide_variant[0].features:
+        pytest.skip(f"{sick_bide_variant[0].name} runs whole ranges only (checked by the split test)")
     inputs = case.tensors(sick_bide_variant[2])
     cuts = data.draw(split_points(case.n_bits, 2), label="cuts")
     a, b, c = (state(sick_bide_variant, inputs, x, y) for x, y in itertools.pairwise(cuts))

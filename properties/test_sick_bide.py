@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from harness import buffers, registry, tolerance, verify
 from harness.errors import UnsupportedError
 from harness.problems import sick_bide
-from properties.strategies import Case, cases, dtypes
+from properties.strategies import Case, cases, cases_for, dtypes
 
 PROBLEM = registry.problem("sick_bide")
 ALL_DTYPES = dtypes(sick_bide.DTYPES)
@@ -100,13 +100,20 @@ def test_matches_float64_oracle(sick_bide_variant, case):
     judge(sick_bide_variant, case, inputs, run(sick_bide_variant, inputs))
 
 
-@given(case=cases(dtype_names=ALL_DTYPES, kinds=("zero_W", "zero_r")))
-def test_zero_weights_give_uniform_nll(sick_bide_variant, case):
+def draw_case(data, variant, **kwargs) -> Case:
+    """A case the variant declares it runs; skips (with the reason) if there is none."""
+    try:
+        strategy = cases_for(variant[0], **kwargs)
+    except LookupError as exc:
+        pytest.skip(str(exc))
+    return data.draw(strategy, label="case")
+
+
+@given(data=st.data())
+def test_zero_weights_give_uniform_nll(sick_bide_variant, data):
     """W = 0 or r = 0 makes every logit 0: nll = lse = n ln 2; with W = 0 the gradients are exactly 0."""
-    backend, config, device = sick_bide_variant
-    if refusal(backend, config, case, device):
-        return
-    out = run(sick_bide_variant, case.tensors(device))
+    case = draw_case(data, sick_bide_variant, kinds=("zero_W", "zero_r"))
+    out = run(sick_bide_variant, case.tensors(sick_bide_variant[2]))
     expected = case.n_bits * math.log(2)
     bound = 4 * tolerance.eps(out["nll"].dtype) * expected
     for name in ("nll", "lse"):
@@ -116,14 +123,12 @@ def test_zero_weights_give_uniform_nll(sick_bide_variant, case):
         assert not out["dW"].any() and not out["dr"].any(), f"W = 0 must give zero gradients: {case}"
 
 
-@given(case=cases(dtype_names=ALL_DTYPES, kinds=("normal", "integer_W", "spread")), data=st.data())
-def test_flipping_a_bit_relabels_codes(sick_bide_variant, case, data):
+@given(data=st.data())
+def test_flipping_a_bit_relabels_codes(sick_bide_variant, data):
     """Negating W[:, :, j] and flipping bit j of every target leaves nll and lse, negates dW[:, :, j]."""
-    backend, config, device = sick_bide_variant
-    if refusal(backend, config, case, device):
-        return
+    case = draw_case(data, sick_bide_variant, kinds=("normal", "integer_W", "spread"))
     j = data.draw(st.integers(0, case.n_bits - 1), label="bit")
-    inputs = case.tensors(device)
+    inputs = case.tensors(sick_bide_variant[2])
     flipped = dict(inputs, W=inputs["W"].clone(), targets=inputs["targets"] ^ (1 << j))
     flipped["W"][:, :, j] *= -1
     out, out_flipped = run(sick_bide_variant, inputs), run(sick_bide_variant, flipped)
@@ -131,12 +136,11 @@ def test_flipping_a_bit_relabels_codes(sick_bide_variant, case, data):
     assert_consistent(out, out_flipped, judge(sick_bide_variant, case, inputs, out), f"bit {j} flip, {case}")
 
 
-@given(case=cases(dtype_names=ALL_DTYPES, kinds=("normal", "negative_r")), data=st.data())
-def test_permuting_hidden_units_permutes_gradients(sick_bide_variant, case, data):
+@given(data=st.data())
+def test_permuting_hidden_units_permutes_gradients(sick_bide_variant, data):
     """Permuting hidden units leaves nll and lse and permutes dW and dr the same way."""
-    backend, config, device = sick_bide_variant
-    if refusal(backend, config, case, device):
-        return
+    case = draw_case(data, sick_bide_variant, kinds=("normal", "negative_r"))
+    device = sick_bide_variant[2]
     perm = torch.tensor(data.draw(st.permutations(range(case.hidden)), label="perm"), device=device)
     inputs = case.tensors(device)
     permuted = dict(inputs, W=inputs["W"][:, perm], r=inputs["r"][:, perm])
@@ -146,12 +150,11 @@ def test_permuting_hidden_units_permutes_gradients(sick_bide_variant, case, data
     assert_consistent(out, out_perm, judge(sick_bide_variant, case, inputs, out), f"perm {perm.tolist()}, {case}")
 
 
-@given(case=cases(dtype_names=ALL_DTYPES), data=st.data())
-def test_rows_are_independent(sick_bide_variant, case, data):
+@given(data=st.data())
+def test_rows_are_independent(sick_bide_variant, data):
     """A row's outputs do not depend on the other rows of the batch (NaN rows included)."""
-    backend, config, device = sick_bide_variant
-    if refusal(backend, config, case, device):
-        return
+    case = draw_case(data, sick_bide_variant)
+    device = sick_bide_variant[2]
     inputs = case.tensors(device)
     keep = data.draw(st.lists(st.integers(0, case.batch - 1), min_size=1, max_size=case.batch, unique=True),
                      label="rows")
@@ -163,13 +166,12 @@ def test_rows_are_independent(sick_bide_variant, case, data):
     assert_consistent({k: v[rows] for k, v in out.items()}, out_subset, (judged[0], slack), f"rows {keep}, {case}")
 
 
-@given(case=cases(dtype_names=st.just("float64"), max_n_bits=5, max_hidden=4, max_batch=3,
-                  kinds=("normal", "negative_r"), min_scale=0.5))
-def test_gradcheck_float64(sick_bide_variant, case):
+@given(data=st.data())
+def test_gradcheck_float64(sick_bide_variant, data):
     """torch.autograd.gradcheck of (nll, lse) in W and r against finite differences."""
     backend, config, device = sick_bide_variant
-    if refusal(backend, config, case, device):
-        return
+    case = draw_case(data, sick_bide_variant, dtype_names=("float64",), max_n_bits=5, max_hidden=4, max_batch=3,
+                     kinds=("normal", "negative_r"), min_scale=0.5)
     inputs = case.tensors(device)
     # Finite differences across a ReLU kink test the kink, not the backend.
     assume(min_abs_z(inputs["W"]) > 1e-4)

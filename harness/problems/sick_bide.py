@@ -70,6 +70,21 @@ def bits(codes: Tensor, n_bits: int, dtype: torch.dtype) -> Tensor:
     return ((codes.long()[..., None] >> shifts) & 1).to(dtype) * 2 - 1
 
 
+def z_table(W_part: Tensor) -> Tensor:
+    """W_part [B, H, m] -> P [B, 2^m, H]: z of every m-bit code, P[c, h] = sum_j W_part[h, j] b_cj.
+
+    Built by doubling over the bits (codes with bit j clear first), so each entry
+    is summed in the order j = 0, 1, ...: one add per entry, no matmul (TF32 cannot
+    touch it), and meet-in-the-middle tables of either half of the bits.
+    """
+    batch, hidden, _ = W_part.shape
+    P = W_part.new_zeros(batch, 1, hidden)
+    for j in range(W_part.shape[2]):
+        w = W_part[:, None, :, j]                     # [B, 1, H]
+        P = torch.cat((P - w, P + w), dim=1)
+    return P
+
+
 def merge(a: PartialState, b: PartialState) -> PartialState:
     """Combine the states of two disjoint code ranges (associative and commutative)."""
     m = torch.maximum(a.m, b.m)
