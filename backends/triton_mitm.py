@@ -3,37 +3,40 @@
 Split the n bits of a code into lo, mid and top parts, k = (t << (n_lo + n_mid)) | (q << n_lo) | p.
 z is linear in the bits, so with per-row tables (meet in the middle, three ways)
 
-    z[p, q, t, h] = P_lo[p, h] + P_mid[q, h] + P_top[t, h]
+    z[p, q, t, h] = P_lo[h, p] + P_mid[h, q] + P_top[h, t]
 
 a tile is every (p, q) for one top pattern t: BLOCK_LO x BLOCK_MID codes. Fold r
 into the tables (c_h = |r_h|, or 1 where r_h = 0, and s_h = sign r_h, so s_h c_h = r_h):
 
     Qlo = c P_lo,   Qhi = -c (P_mid + P_top),   relu(a + b) = max(a, -b) + b
-    l[p, q] = sum_h s_h max(Qlo[p, h], Qhi[q, h]) + R_mid[q] + R_top
+    l[p, q] = sum_h s_h max(Qlo[h, p], Qhi[h, q]) + R_mid[q] + R_top
 
-with R_mid[q] = sum_h r_h P_mid[q, h] and R_top = sum_h r_h P_top[h]: one max and one
-multiply-add per (row, code, hidden) triple. The mask of the gradient sums is the
-same comparison, 1[z > 0] = 1[Qlo > Qhi], since c > 0 keeps the sign of z. Each tile
-updates the running state with online softmax,
+with R_mid[q] = sum_h r_h P_mid[h, q] and R_top = sum_h r_h P_top[h, t]: one max and one
+multiply-add per (row, code, hidden) triple, the hidden sum inside each thread. The
+mask of the gradient sums is the same comparison, 1[z > 0] = 1[Qlo > Qhi]: c > 0 keeps
+the sign of z, and ties stay exact (c P and c (-P) round alike). Logits are kept in
+base 2 (c and r carry log2 e) so each exponential is one ex2. Online softmax:
 
-    m' = max(m, max l),   alpha = exp(m - m'),   e = exp(l - m'),   s = alpha s + sum e
+    m' = max(m, max l),   alpha = 2^(m - m'),   e = 2^(l - m'),   s = alpha s + sum e
 
-and the fused kernel makes a second pass over h through the tile marginals of
-A[p, q, h] = e[p, q] 1[Qlo[p, h] > Qhi[q, h]]:
+per column of the tile in the forward kernel (reduced once at the end), per tile in
+the fused kernel, which then makes a second pass over h through the marginals of
+A[h, p, q] = e[p, q] 1[Qlo[h, p] > Qhi[h, q]]:
 
-    D[h, j] = alpha D[h, j] + sum_p b_pj sum_q A      (lo bits)
-                            + sum_q b_qj sum_p A      (mid bits)
-                            + b_tj sum_pq A           (top bits: constant over the tile)
+    D[h, j] = alpha D[h, j] + sum_p b_pj sum_q A    (lo bits)
+                            + sum_q b_qj sum_p A    (mid bits)
+                            + b_tj sum_pq A         (top bits: constant over the tile)
 
-Cost per triple: 2 instructions forward (max, fma) plus operand loads; the gradient
-pass adds a compare, a select and the two marginal sums (the performance notes
-have the measured split). Programs are (row, chunk of tiles); chunks of one row
-are merged with the partial-state merge, so any [k_start, k_stop) works and small
-batches still fill the GPU.
+Programs are persistent: each owns a slot of scratch memory for its row's tables,
+built once per (row, chunk of tiles) work item, and walks work items until none are
+left. Chunks of a row merge with the partial-state merge, so any [k_start, k_stop)
+works and small batches still fill the GPU.
 
-Limits: n_bits 1..32 (codes are int64), any H and B; float32, float16 and bfloat16
-inputs, tables and accumulation in float32. CUDA, or the CPU under
-TRITON_INTERPRET=1 (Triton's interpreter, which the tests use without a GPU).
+Cost per triple: forward 2 useful instructions (max, fma) plus ~0.6 of loads and
+loop overhead; the fused pass adds a compare, a select and two marginal sums whose
+cross-thread reductions Triton's layouts make expensive (PERFORMANCE.md).
+Limits: n_bits 1..32 (codes in int64), any H and B; float32, float16 and bfloat16
+inputs, tables and accumulation in float32. CUDA, or the CPU under TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
@@ -45,158 +48,215 @@ import os
 import torch
 
 from harness import Backend
-from harness.problems.sick_bide import PartialState, z_table
+from harness.problems.sick_bide import PartialState
 
 TRITON_MISSING = importlib.util.find_spec("triton") is None
 if not TRITON_MISSING:
     import triton
     import triton.language as tl
-else:  # the module must import without triton so the registry can say why it is unavailable
+else:  # the module must import without triton, so that the registry can say why it is unavailable
     triton = tl = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+LOG2E = 1.4426950408889634
 
 
-def _jit(fn):
-    return fn if TRITON_MISSING else triton.jit(fn)
+def _jit(fn=None, **options):
+    if fn is None:
+        return lambda f: _jit(f, **options)
+    return fn if TRITON_MISSING else triton.jit(fn, **options)
 
 
-@_jit
-def _operands(qlo_row, pmid_row, c_row, sgn_row, r_row, wtop_row, tile, h0, H, n_top,
-              offs_lo, offs_mid, HC: tl.constexpr):
-    """Qlo [BLOCK_LO, HC], Qhi [BLOCK_MID, HC], s [HC] and sum_h r_h P_top[h] for hidden units h0..h0+HC."""
-    offs_h = h0 + tl.arange(0, HC)
-    h_ok = offs_h < H
-    qlo = tl.load(qlo_row + offs_lo[:, None] * H + offs_h[None, :], mask=h_ok[None, :], other=0.0)
-    pmid = tl.load(pmid_row + offs_mid[:, None] * H + offs_h[None, :], mask=h_ok[None, :], other=0.0)
-    c = tl.load(c_row + offs_h, mask=h_ok, other=1.0)
-    sgn = tl.load(sgn_row + offs_h, mask=h_ok, other=0.0)
-    r = tl.load(r_row + offs_h, mask=h_ok, other=0.0)
-    p_top = tl.zeros([HC], dtype=tl.float32)
-    for j in range(n_top):
-        bit = tl.cast((tile >> j) & 1, tl.float32) * 2.0 - 1.0
-        p_top += bit * tl.load(wtop_row + offs_h * n_top + j, mask=h_ok, other=0.0)
-    qhi = -c[None, :] * (pmid + p_top[None, :])
-    return qlo, qhi, sgn, tl.sum(r * p_top, axis=0)
+# Sizes vary call to call; specialising on them (value 1, multiples of 16) would recompile per shape.
+_RUNTIME_INTS = ["H", "n_bits", "n_lo", "n_mid", "n_top", "k_start", "k_stop", "first_tile", "last_tile", "chunks",
+                 "tiles_per_chunk", "n_items"]
 
 
 @_jit
-def _tile_logits(qlo_row, pmid_row, rmid_row, c_row, sgn_row, r_row, wtop_row,
-                 tile, H, n_lo, n_mid, n_top, k_start, k_stop,
-                 BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, HC: tl.constexpr):
-    """l [BLOCK_LO, BLOCK_MID] of tile `tile`, -inf outside the tables and outside [k_start, k_stop)."""
+def _fold_r(r):
+    """r -> (c log2 e, sign r): c = |r|, or 1 where r = 0."""
+    c = tl.where(r != 0, tl.abs(r), 1.0) * 1.4426950408889634
+    return c, tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, 0.0))
+
+
+@_jit
+def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid,
+                  HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr):
+    """Write Qlo [H, BLOCK_LO], P_mid [H, BLOCK_MID] and R_mid [BLOCK_MID] of one row to scratch,
+    HB hidden units at a time."""
+    offs_lo = tl.arange(0, BLOCK_LO)
+    offs_a = tl.arange(0, 1 << MID_A_BITS)
+    offs_b = tl.arange(0, BLOCK_MID >> MID_A_BITS)
+    offs_q = (offs_b[:, None] << MID_A_BITS) + offs_a[None, :]                    # [MID_B, MID_A]
+    mid_table = scratch + H * BLOCK_LO
+    r_mid = tl.zeros([BLOCK_MID >> MID_A_BITS, 1 << MID_A_BITS], tl.float32)
+    for h0 in range(0, H, HB):
+        offs_h = h0 + tl.arange(0, HB)
+        h_ok = offs_h < H
+        r = tl.load(r_row + offs_h, mask=h_ok, other=0.0)
+        c, _ = _fold_r(r)
+        p_lo = tl.zeros([HB, BLOCK_LO], tl.float32)
+        for j in range(n_lo):
+            bit = tl.where((offs_lo >> j) & 1 == 1, 1.0, -1.0)
+            p_lo += tl.load(w_row + offs_h * n_bits + j, mask=h_ok, other=0.0)[:, None] * bit[None, :]
+        tl.store(scratch + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], c[:, None] * p_lo, mask=h_ok[:, None])
+        # P_mid = P_a[low bits of q] + P_b[high bits of q]: two small FMA tables, one add per entry.
+        p_a = tl.zeros([HB, 1 << MID_A_BITS], tl.float32)
+        p_b = tl.zeros([HB, BLOCK_MID >> MID_A_BITS], tl.float32)
+        for j in range(tl.minimum(n_mid, MID_A_BITS)):
+            w = tl.load(w_row + offs_h * n_bits + n_lo + j, mask=h_ok, other=0.0)
+            p_a += w[:, None] * tl.where((offs_a >> j) & 1 == 1, 1.0, -1.0)[None, :]
+        for j in range(MID_A_BITS, n_mid):
+            w = tl.load(w_row + offs_h * n_bits + n_lo + j, mask=h_ok, other=0.0)
+            p_b += w[:, None] * tl.where((offs_b >> (j - MID_A_BITS)) & 1 == 1, 1.0, -1.0)[None, :]
+        p_mid = p_b[:, :, None] + p_a[:, None, :]                                 # [HB, MID_B, MID_A]
+        tl.store(mid_table + offs_h[:, None, None] * BLOCK_MID + offs_q[None, :, :], p_mid,
+                 mask=h_ok[:, None, None])
+        r_mid += tl.sum(r[:, None, None] * p_mid, axis=0)
+    tl.store(mid_table + H * BLOCK_MID + offs_q, r_mid * 1.4426950408889634)
+
+
+@_jit
+def _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB: tl.constexpr,
+              BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
+    """Write P_top [H] of `tile` to scratch; return R_top (base 2)."""
+    tl.debug_barrier()  # every thread is done with the previous tile's P_top
+    r_top = 0.0
+    for h0 in range(0, H, HB):
+        offs_h = h0 + tl.arange(0, HB)
+        h_ok = offs_h < H
+        p_top = tl.zeros([HB], tl.float32)
+        for j in range(n_top):
+            bit = tl.cast((tile >> j) & 1, tl.float32) * 2.0 - 1.0
+            p_top += bit * tl.load(w_row + offs_h * n_bits + n_lo + n_mid + j, mask=h_ok, other=0.0)
+        tl.store(scratch + H * (BLOCK_LO + BLOCK_MID) + BLOCK_MID + offs_h, p_top, mask=h_ok)
+        r_top += tl.sum(tl.load(r_row + offs_h, mask=h_ok, other=0.0) * p_top, axis=0)
+    tl.debug_barrier()
+    return r_top * 1.4426950408889634
+
+
+@_jit
+def _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
+    """(Qlo [BLOCK_LO], Qhi [BLOCK_MID], s) of hidden unit h of the current tile."""
+    c, sgn = _fold_r(tl.load(r_row + h))
+    p_top = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID) + BLOCK_MID + h)
+    q_lo = tl.load(scratch + h * BLOCK_LO + offs_lo)
+    q_hi = -c * (tl.load(scratch + H * BLOCK_LO + h * BLOCK_MID + offs_mid) + p_top)
+    return q_lo, q_hi, sgn
+
+
+@_jit
+def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge,
+                 BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
+    """l [BLOCK_LO, BLOCK_MID] of `tile` in base 2. On an edge tile (the range's first or last,
+    or tables padded past 2^n) codes outside the tables or outside [k_start, k_stop) are -inf."""
     offs_lo = tl.arange(0, BLOCK_LO)
     offs_mid = tl.arange(0, BLOCK_MID)
-    acc = tl.zeros([BLOCK_LO, BLOCK_MID], dtype=tl.float32)
-    r_top = 0.0
-    for h0 in range(0, H, HC):
-        qlo, qhi, sgn, r_top_h = _operands(qlo_row, pmid_row, c_row, sgn_row, r_row, wtop_row, tile, h0, H,
-                                           n_top, offs_lo, offs_mid, HC)
-        acc += tl.sum(sgn[None, None, :] * tl.maximum(qlo[:, None, :], qhi[None, :, :]), axis=2)
-        r_top += r_top_h
-    rmid = tl.load(rmid_row + offs_mid, mask=offs_mid < (1 << n_mid), other=0.0)
-    codes = (tl.cast(tile, tl.int64) << (n_lo + n_mid)) + (offs_mid[None, :].to(tl.int64) << n_lo) + offs_lo[:, None]
-    valid = (offs_lo[:, None] < (1 << n_lo)) & (offs_mid[None, :] < (1 << n_mid))
-    valid = valid & (codes >= k_start) & (codes < k_stop)
-    return tl.where(valid, acc + rmid[None, :] + r_top, -float("inf"))
+    r_mid = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID) + offs_mid)
+    acc = tl.zeros([BLOCK_LO, BLOCK_MID], dtype=tl.float32) + (r_mid[None, :] + r_top)
+    for h in range(0, H):
+        q_lo, q_hi, sgn = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID)
+        acc += sgn * tl.maximum(q_lo[:, None], q_hi[None, :])
+    if edge:
+        codes = (tl.cast(tile, tl.int64) << (n_lo + n_mid)) + (offs_mid[None, :].to(tl.int64) << n_lo) \
+            + offs_lo[:, None]
+        valid = (offs_lo[:, None] < (1 << n_lo)) & (offs_mid[None, :] < (1 << n_mid))
+        acc = tl.where(valid & (codes >= k_start) & (codes < k_stop), acc, -float("inf"))
+    return acc
 
 
-@_jit
-def _softmax_update(l, m, s):
-    """Online softmax over one tile: (m', alpha, e, s')."""
-    m_new = tl.maximum(m, tl.max(tl.max(l, axis=1), axis=0))
-    alpha = tl.exp(m - m_new)
-    e = tl.exp(l - m_new)
-    return m_new, alpha, e, s * alpha + tl.sum(tl.sum(e, axis=1), axis=0)
-
-
-@_jit
-def _forward_kernel(qlo_ptr, pmid_ptr, rmid_ptr, c_ptr, sgn_ptr, r_ptr, wtop_ptr, m_ptr, s_ptr,
-                    H, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile, tiles_per_program,
-                    BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, HC: tl.constexpr):
-    """(m, s) of row program_id(0) over tiles chunk program_id(1), written at [row, chunk]."""
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
-    out = row * tl.num_programs(1) + chunk
-    qlo_row = qlo_ptr + row * (H << n_lo)
-    pmid_row = pmid_ptr + row * (H << n_mid)
-    rmid_row = rmid_ptr + (row << n_mid)
-    c_row, sgn_row, r_row = c_ptr + row * H, sgn_ptr + row * H, r_ptr + row * H
-    wtop_row = wtop_ptr + row * H * n_top
-    m = -float("inf")
-    s = 0.0
-    t0 = first_tile + chunk * tiles_per_program
-    t1 = tl.minimum(t0 + tiles_per_program, last_tile + 1)
-    for tile in range(t0, t1):
-        l = _tile_logits(qlo_row, pmid_row, rmid_row, c_row, sgn_row, r_row, wtop_row, tile, H,
-                         n_lo, n_mid, n_top, k_start, k_stop, BLOCK_LO, BLOCK_MID, HC)
-        m, _, _, s = _softmax_update(l, m, s)
-    tl.store(m_ptr + out, m)
-    tl.store(s_ptr + out, s)
+@_jit(do_not_specialize=_RUNTIME_INTS)
+def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr,
+                    H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
+                    chunks, tiles_per_chunk, n_items,
+                    HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr):
+    """For each work item (row, chunk): (m, s) over the chunk's tiles, written at item."""
+    scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * (H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID)
+    padded = ((1 << n_lo) < BLOCK_LO) | ((1 << n_mid) < BLOCK_MID)
+    for item in range(tl.program_id(0), n_items, tl.num_programs(0)):
+        row = tl.cast(item // chunks, tl.int64)
+        w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
+        tl.debug_barrier()  # the previous item's readers are done with the tables
+        _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS)
+        m_col = tl.full([BLOCK_MID], -float("inf"), tl.float32)
+        s_col = tl.zeros([BLOCK_MID], tl.float32)
+        t0 = first_tile + (item % chunks) * tiles_per_chunk
+        for tile in range(t0, tl.minimum(t0 + tiles_per_chunk, last_tile + 1)):
+            r_top = _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB, BLOCK_LO, BLOCK_MID)
+            edge = (tile == first_tile) | (tile == last_tile) | padded
+            l = _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge,
+                             BLOCK_LO, BLOCK_MID)
+            m_new = tl.maximum(m_col, tl.max(l, axis=0))
+            if edge:  # a column that has seen only -inf keeps m = -inf, where 2^(m - m') would be NaN
+                alpha = tl.where(m_new == -float("inf"), 0.0, tl.exp2(m_col - m_new))
+                e = tl.where(m_new[None, :] == -float("inf"), 0.0, tl.exp2(l - m_new[None, :]))
+            else:
+                alpha = tl.exp2(m_col - m_new)
+                e = tl.exp2(l - m_new[None, :])
+            s_col = s_col * alpha + tl.sum(e, axis=0)
+            m_col = m_new
+        m2 = tl.max(m_col, axis=0)
+        s = tl.sum(tl.where(m_col == -float("inf"), 0.0, s_col * tl.exp2(m_col - m2)), axis=0)
+        tl.store(m_ptr + item, m2 * 0.6931471805599453)
+        tl.store(s_ptr + item, s)
 
 
 @_jit
 def _rescale_add(ptrs, mask, alpha, d, first):
-    """D <- alpha D + d, reading nothing on a program's first tile (the buffer may be poisoned)."""
+    """D <- alpha D + d; on a work item's first tile D <- d (the buffer may hold poison)."""
     old = tl.load(ptrs, mask=mask, other=0.0)
     tl.store(ptrs, tl.where(first, d, alpha * old + d), mask=mask)
 
 
-@_jit
-def _fused_kernel(qlo_ptr, pmid_ptr, rmid_ptr, c_ptr, sgn_ptr, r_ptr, wtop_ptr, m_ptr, s_ptr, d_ptr,
-                  H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile, tiles_per_program,
-                  BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, HC: tl.constexpr,
-                  N_LO: tl.constexpr, N_MID: tl.constexpr, N_TOP: tl.constexpr, N_ALL: tl.constexpr):
-    """(m, s, D [H, n]) of row program_id(0) over tiles chunk program_id(1), written at [row, chunk]."""
-    row = tl.program_id(0).to(tl.int64)
-    chunk = tl.program_id(1)
-    out = row * tl.num_programs(1) + chunk
-    qlo_row = qlo_ptr + row * (H << n_lo)
-    pmid_row = pmid_ptr + row * (H << n_mid)
-    rmid_row = rmid_ptr + (row << n_mid)
-    c_row, sgn_row, r_row = c_ptr + row * H, sgn_ptr + row * H, r_ptr + row * H
-    wtop_row = wtop_ptr + row * H * n_top
-    d_out = d_ptr + out * H * n_bits
+@_jit(do_not_specialize=_RUNTIME_INTS)
+def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
+                  H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
+                  chunks, tiles_per_chunk, n_items,
+                  HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr,
+                  N_LO: tl.constexpr, N_MID: tl.constexpr, N_TOP: tl.constexpr):
+    """For each work item (row, chunk): (m, s, D [H, n]) over the chunk's tiles, written at item."""
+    scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * (H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID)
+    padded = ((1 << n_lo) < BLOCK_LO) | ((1 << n_mid) < BLOCK_MID)
     offs_lo = tl.arange(0, BLOCK_LO)
     offs_mid = tl.arange(0, BLOCK_MID)
     j_lo, j_mid, j_top = tl.arange(0, N_LO), tl.arange(0, N_MID), tl.arange(0, N_TOP)
-    b_lo = (((offs_lo[:, None] >> j_lo[None, :]) & 1) * 2 - 1).to(tl.float32)      # [BLOCK_LO, N_LO]
-    b_mid = (((offs_mid[:, None] >> j_mid[None, :]) & 1) * 2 - 1).to(tl.float32)    # [BLOCK_MID, N_MID]
-    m = -float("inf")
-    s = 0.0
-    t0 = first_tile + chunk * tiles_per_program
-    t1 = tl.minimum(t0 + tiles_per_program, last_tile + 1)
-    for tile in range(t0, t1):
-        l = _tile_logits(qlo_row, pmid_row, rmid_row, c_row, sgn_row, r_row, wtop_row, tile, H,
-                         n_lo, n_mid, n_top, k_start, k_stop, BLOCK_LO, BLOCK_MID, HC)
-        m, alpha, e, s = _softmax_update(l, m, s)
-        b_top = tl.cast(((tile >> j_top) & 1) * 2 - 1, tl.float32)                       # [N_TOP]
-        first = tile == t0
-        for h0 in range(0, H, HC):
-            qlo, qhi, _, _ = _operands(qlo_row, pmid_row, c_row, sgn_row, r_row, wtop_row, tile, h0, H,
-                                       n_top, offs_lo, offs_mid, HC)
-            A = tl.where(qlo[:, None, :] > qhi[None, :, :], e[:, :, None], 0.0)       # [LO, MID, HC]
-            g_lo = tl.sum(A, axis=1)                                                   # [BLOCK_LO, HC]
-            g_mid = tl.sum(A, axis=0)                                                  # [BLOCK_MID, HC]
-            offs_h = h0 + tl.arange(0, HC)
-            h_ok = offs_h < H
-            row_ptrs = d_out + offs_h[:, None] * n_bits
-            d_lo = tl.sum(g_lo[:, :, None] * b_lo[:, None, :], axis=0)                # [HC, N_LO]
-            _rescale_add(row_ptrs + j_lo[None, :], h_ok[:, None] & (j_lo[None, :] < n_lo), alpha, d_lo, first)
-            d_mid = tl.sum(g_mid[:, :, None] * b_mid[:, None, :], axis=0)             # [HC, N_MID]
-            _rescale_add(row_ptrs + n_lo + j_mid[None, :], h_ok[:, None] & (j_mid[None, :] < n_mid),
-                         alpha, d_mid, first)
-            d_top = tl.sum(g_lo, axis=0)[:, None] * b_top[None, :]                     # [HC, N_TOP]
-            _rescale_add(row_ptrs + n_lo + n_mid + j_top[None, :], h_ok[:, None] & (j_top[None, :] < n_top),
-                         alpha, d_top, first)
-    if t1 <= t0:  # an empty chunk still owes its (empty) state: D = 0
-        for h0 in range(0, H, HC):
-            offs_h = h0 + tl.arange(0, HC)
-            j = tl.arange(0, N_ALL)
-            tl.store(d_out + offs_h[:, None] * n_bits + j[None, :], tl.zeros([HC, N_ALL], tl.float32),
-                     mask=(offs_h[:, None] < H) & (j[None, :] < n_bits))
-    tl.store(m_ptr + out, m)
-    tl.store(s_ptr + out, s)
+    b_lo = tl.where((offs_lo[:, None] >> j_lo[None, :]) & 1 == 1, 1.0, -1.0)        # [BLOCK_LO, N_LO]
+    b_mid = tl.where((offs_mid[:, None] >> j_mid[None, :]) & 1 == 1, 1.0, -1.0)     # [BLOCK_MID, N_MID]
+    for item in range(tl.program_id(0), n_items, tl.num_programs(0)):
+        row = tl.cast(item // chunks, tl.int64)
+        w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
+        d_item = d_ptr + tl.cast(item, tl.int64) * H * n_bits
+        tl.debug_barrier()
+        _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS)
+        m = -float("inf")
+        s = 0.0
+        t0 = first_tile + (item % chunks) * tiles_per_chunk
+        t1 = tl.minimum(t0 + tiles_per_chunk, last_tile + 1)
+        for tile in range(t0, t1):
+            r_top = _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB, BLOCK_LO, BLOCK_MID)
+            edge = (tile == first_tile) | (tile == last_tile) | padded
+            l = _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge,
+                             BLOCK_LO, BLOCK_MID)
+            m_new = tl.maximum(m, tl.max(tl.max(l, axis=1), axis=0))
+            alpha = tl.exp2(m - m_new)
+            e = tl.exp2(l - m_new)
+            s = s * alpha + tl.sum(tl.sum(e, axis=1), axis=0)
+            m = m_new
+            b_top = tl.where((tile >> j_top) & 1 == 1, 1.0, -1.0)                     # [N_TOP]
+            first = tile == t0
+            for h in range(0, H):
+                q_lo, q_hi, _ = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID)
+                A = tl.where(q_lo[:, None] > q_hi[None, :], e, 0.0)                   # [BLOCK_LO, BLOCK_MID]
+                g_lo = tl.sum(A, axis=1)                                               # [BLOCK_LO]
+                g_mid = tl.sum(A, axis=0)                                              # [BLOCK_MID]
+                d_row = d_item + h * n_bits
+                _rescale_add(d_row + j_lo, j_lo < n_lo, alpha, tl.sum(g_lo[:, None] * b_lo, axis=0), first)
+                _rescale_add(d_row + n_lo + j_mid, j_mid < n_mid, alpha,
+                             tl.sum(g_mid[:, None] * b_mid, axis=0), first)
+                _rescale_add(d_row + n_lo + n_mid + j_top, j_top < n_top, alpha,
+                             tl.sum(g_lo, axis=0) * b_top, first)
+        tl.store(m_ptr + item, m * 0.6931471805599453)
+        tl.store(s_ptr + item, s)
 
 
 def _pow2(x: int) -> int:
@@ -211,55 +271,57 @@ def partial_state(
     out: PartialState,
     *,
     lo_bits: int = 5,
-    mid_bits: int = 5,
-    h_chunk: int = 4,
+    mid_bits: int = 8,
     num_warps: int = 4,
-    programs_per_sm: int = 4,
+    fused_lo_bits: int = 4,
+    fused_mid_bits: int = 9,
+    fused_num_warps: int = 8,
+    programs_per_sm: int = 2,
 ) -> None:
     batch, hidden, n_bits = W.shape
+    fused = out.D is not None
+    if fused:
+        lo_bits, mid_bits, num_warps = fused_lo_bits, fused_mid_bits, fused_num_warps
     n_lo = min(n_bits, lo_bits)
     n_mid = min(n_bits - n_lo, mid_bits)
     n_top = n_bits - n_lo - n_mid
-    f32 = torch.float32
-    W32, r32 = W.to(f32), r.to(f32)
-    c = torch.where(r32 != 0, r32.abs(), 1.0).contiguous()
-    sgn = torch.sign(r32).contiguous()
-    qlo = (z_table(W32[:, :, :n_lo]) * c[:, None, :]).contiguous()                  # [B, 2^n_lo, H]
-    pmid = z_table(W32[:, :, n_lo:n_lo + n_mid]).contiguous()                      # [B, 2^n_mid, H]
-    rmid = (pmid * r32[:, None, :]).sum(-1).contiguous()                            # [B, 2^n_mid]
-    wtop = W32[:, :, n_lo + n_mid:].contiguous()                                    # [B, H, n_top]
+    # Blocks are the config's, whatever n: small n pads (masked), and one compile serves every shape.
+    block_lo, block_mid = 1 << lo_bits, 1 << mid_bits
 
     tile_bits = n_lo + n_mid
     first_tile, last_tile = k_start >> tile_bits, (k_stop - 1) >> tile_bits
     n_tiles = last_tile - first_tile + 1
     if W.is_cuda and not INTERPRET:
-        sms = torch.cuda.get_device_properties(W.device).multi_processor_count
-        chunks = max(1, min(n_tiles, math.ceil(programs_per_sm * sms / batch)))
+        slots = programs_per_sm * torch.cuda.get_device_properties(W.device).multi_processor_count
+        chunks = max(1, min(n_tiles, math.ceil(slots / batch)))
     else:
-        chunks = min(n_tiles, 2)
-    tiles_per_program = math.ceil(n_tiles / chunks)
+        slots, chunks = 4, min(n_tiles, 2)
+    tiles_per_chunk = math.ceil(n_tiles / chunks)
+    chunks = math.ceil(n_tiles / tiles_per_chunk)   # no empty chunk: every item owes a state
+    n_items = batch * chunks
+    grid = (min(n_items, slots),)
+    scratch = torch.empty(grid[0], hidden * (block_lo + block_mid + 1) + block_mid, dtype=torch.float32,
+                          device=W.device)
     direct = chunks == 1
-    m_ws = out.m if direct else torch.empty(batch, chunks, dtype=f32, device=W.device)
-    s_ws = out.s if direct else torch.empty(batch, chunks, dtype=f32, device=W.device)
-    blocks = {"BLOCK_LO": max(2, 1 << n_lo), "BLOCK_MID": max(2, 1 << n_mid), "HC": h_chunk}
-    common = (hidden,)
-    ranges = (k_start, k_stop, first_tile, last_tile, tiles_per_program)
-    tables = (qlo, pmid, rmid, c, sgn, r32.contiguous(), wtop)
-    grid = (batch, chunks)
-    if out.D is None:
-        _forward_kernel[grid](*tables, m_ws, s_ws, *common, n_lo, n_mid, n_top, *ranges,
-                              **blocks, num_warps=num_warps)
+    m_ws = out.m if direct else torch.empty(batch, chunks, dtype=torch.float32, device=W.device)
+    s_ws = out.s if direct else torch.empty(batch, chunks, dtype=torch.float32, device=W.device)
+    args = (W.float().contiguous(), r.float().contiguous(), scratch, m_ws, s_ws)
+    sizes = (hidden, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile, chunks, tiles_per_chunk,
+             n_items)
+    blocks = {"HB": 16, "BLOCK_LO": block_lo, "BLOCK_MID": block_mid, "MID_A_BITS": min(mid_bits, 5),
+              "num_warps": num_warps}
+    if not fused:
+        _forward_kernel[grid](*args, *sizes, **blocks)
     else:
-        d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=f32, device=W.device)
-        _fused_kernel[grid](*tables, m_ws, s_ws, d_ws, *common, n_bits, n_lo, n_mid, n_top, *ranges,
-                            **blocks, N_LO=_pow2(n_lo), N_MID=_pow2(max(1, n_mid)), N_TOP=_pow2(max(1, n_top)),
-                            N_ALL=_pow2(n_bits), num_warps=num_warps)
+        d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=torch.float32, device=W.device)
+        _fused_kernel[grid](*args, d_ws, *sizes, **blocks,
+                            N_LO=_pow2(lo_bits), N_MID=_pow2(mid_bits), N_TOP=32)
     if not direct:
         m = m_ws.amax(1)
-        scale = torch.where(m_ws == -math.inf, 0.0, torch.exp(m_ws - m[:, None]))     # [B, chunks]
+        scale = torch.where(m_ws == -math.inf, 0.0, torch.exp(m_ws - m[:, None]))   # [B, chunks]
         out.m.copy_(m)
         out.s.copy_((s_ws * scale).sum(1))
-        if out.D is not None:
+        if fused:
             out.D.copy_((d_ws * scale[:, :, None, None]).sum(1))
 
 
