@@ -14,8 +14,8 @@ if [ -f .devtools/peak_ops.py ]; then timeout 120 python3 .devtools/peak_ops.py 
 for step in "$@"; do
   echo "### $step"
   case "$step" in
-    properties) timeout 330 python3 -m pytest properties tests --device cuda -q -x -p no:cacheprovider \
+    properties) timeout ${PROP_TIMEOUT:-330} python3 -m pytest properties tests --device cuda -q -x -p no:cacheprovider \
                   2>&1 | tail -25 | tee "$OUT/properties.txt" ;;
-    *) timeout 300 bash -c "$step" 2>&1 | tee -a "$OUT/explore.txt" ;;
+    *) timeout ${STEP_TIMEOUT:-300} bash -c "$step" 2>&1 | tee -a "$OUT/explore.txt" ;;
   esac
 done
