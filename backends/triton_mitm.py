@@ -203,9 +203,24 @@ def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr,
 
 @_jit
 def _rescale_add(ptrs, mask, alpha, d, first):
-    """D <- alpha D + d; on a work item's first tile D <- d (the buffer may hold poison)."""
+    """X <- alpha X + d; on a work item's first tile X <- d (the buffer may hold poison)."""
     old = tl.load(ptrs, mask=mask, other=0.0)
     tl.store(ptrs, tl.where(first, d, alpha * old + d), mask=mask)
+
+
+@_jit
+def _fold(acc_ptr, d_ptr, h0, H, n_bits, col0, n_cols, K, HB: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr):
+    """D[h, col0 + j] = sum_k acc[h, k] b_kj for j < n_cols, hidden units h0..h0+HB, codes in KB chunks."""
+    offs_h = h0 + tl.arange(0, HB)
+    j = tl.arange(0, NB)
+    d = tl.zeros([HB, NB], tl.float32)
+    for k0 in range(0, K, KB):
+        k = k0 + tl.arange(0, KB)
+        g = tl.load(acc_ptr + offs_h[:, None] * K + k[None, :], mask=offs_h[:, None] < H, other=0.0)   # [HB, KB]
+        b = tl.where((k[:, None] >> j[None, :]) & 1 == 1, 1.0, -1.0)                                   # [KB, NB]
+        d += tl.sum(g[:, :, None] * b[None, :, :], axis=1)
+    tl.store(d_ptr + offs_h[:, None] * n_bits + col0 + j[None, :], d,
+             mask=(offs_h[:, None] < H) & (j[None, :] < n_cols))
 
 
 @_jit(do_not_specialize=_RUNTIME_INTS)
@@ -214,14 +229,23 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
                   chunks, tiles_per_chunk, n_items,
                   HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr,
                   N_LO: tl.constexpr, N_MID: tl.constexpr, N_TOP: tl.constexpr):
-    """For each work item (row, chunk): (m, s, D [H, n]) over the chunk's tiles, written at item."""
-    scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * (H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID)
+    """For each work item (row, chunk): (m, s, D [H, n]) over the chunk's tiles, written at item.
+
+    Per tile and hidden unit the two marginals of A are staged in scratch (stores only);
+    after the hidden loop they are folded in bulk into the accumulators G_lo [H, BLOCK_LO]
+    and G_mid [H, BLOCK_MID] (rescaled by alpha) and into D's top bits; G_lo and G_mid
+    become D's lo and mid bits once per work item.
+    """
+    tables = H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID
+    scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * (tables + 2 * H * (BLOCK_LO + BLOCK_MID))
+    stage_lo = scratch + tables
+    stage_mid = stage_lo + H * BLOCK_LO
+    acc_lo = stage_mid + H * BLOCK_MID
+    acc_mid = acc_lo + H * BLOCK_LO
     padded = ((1 << n_lo) < BLOCK_LO) | ((1 << n_mid) < BLOCK_MID)
     offs_lo = tl.arange(0, BLOCK_LO)
     offs_mid = tl.arange(0, BLOCK_MID)
-    j_lo, j_mid, j_top = tl.arange(0, N_LO), tl.arange(0, N_MID), tl.arange(0, N_TOP)
-    b_lo = tl.where((offs_lo[:, None] >> j_lo[None, :]) & 1 == 1, 1.0, -1.0)        # [BLOCK_LO, N_LO]
-    b_mid = tl.where((offs_mid[:, None] >> j_mid[None, :]) & 1 == 1, 1.0, -1.0)     # [BLOCK_MID, N_MID]
+    j_top = tl.arange(0, N_TOP)
     for item in range(tl.program_id(0), n_items, tl.num_programs(0)):
         row = tl.cast(item // chunks, tl.int64)
         w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
@@ -242,19 +266,28 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
             e = tl.exp2(l - m_new)
             s = s * alpha + tl.sum(tl.sum(e, axis=1), axis=0)
             m = m_new
-            b_top = tl.where((tile >> j_top) & 1 == 1, 1.0, -1.0)                     # [N_TOP]
-            first = tile == t0
             for h in range(0, H):
                 q_lo, q_hi, _ = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID)
                 A = tl.where(q_lo[:, None] > q_hi[None, :], e, 0.0)                   # [BLOCK_LO, BLOCK_MID]
-                g_lo = tl.sum(A, axis=1)                                               # [BLOCK_LO]
-                g_mid = tl.sum(A, axis=0)                                              # [BLOCK_MID]
-                d_row = d_item + h * n_bits
-                _rescale_add(d_row + j_lo, j_lo < n_lo, alpha, tl.sum(g_lo[:, None] * b_lo, axis=0), first)
-                _rescale_add(d_row + n_lo + j_mid, j_mid < n_mid, alpha,
-                             tl.sum(g_mid[:, None] * b_mid, axis=0), first)
-                _rescale_add(d_row + n_lo + n_mid + j_top, j_top < n_top, alpha,
-                             tl.sum(g_lo, axis=0) * b_top, first)
+                tl.store(stage_lo + h * BLOCK_LO + offs_lo, tl.sum(A, axis=1))
+                tl.store(stage_mid + h * BLOCK_MID + offs_mid, tl.sum(A, axis=0))
+            tl.debug_barrier()
+            first = tile == t0
+            b_top = tl.where((tile >> j_top) & 1 == 1, 1.0, -1.0)                      # [N_TOP]
+            for h0 in range(0, H, HB):
+                offs_h = h0 + tl.arange(0, HB)
+                h_ok = offs_h[:, None] < H
+                g_lo = tl.load(stage_lo + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], mask=h_ok, other=0.0)
+                _rescale_add(acc_lo + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], h_ok, alpha, g_lo, first)
+                g_mid = tl.load(stage_mid + offs_h[:, None] * BLOCK_MID + offs_mid[None, :], mask=h_ok, other=0.0)
+                _rescale_add(acc_mid + offs_h[:, None] * BLOCK_MID + offs_mid[None, :], h_ok, alpha, g_mid, first)
+                d_top = tl.sum(g_lo, axis=1)[:, None] * b_top[None, :]                 # [HB, N_TOP]
+                _rescale_add(d_item + offs_h[:, None] * n_bits + n_lo + n_mid + j_top[None, :],
+                             h_ok & (j_top[None, :] < n_top), alpha, d_top, first)
+        tl.debug_barrier()
+        for h0 in range(0, H, HB):
+            _fold(acc_lo, d_item, h0, H, n_bits, 0, n_lo, BLOCK_LO, HB, 16, N_LO)
+            _fold(acc_mid, d_item, h0, H, n_bits, n_lo, n_mid, BLOCK_MID, HB, 16, N_MID)
         tl.store(m_ptr + item, m * 0.6931471805599453)
         tl.store(s_ptr + item, s)
 
@@ -300,8 +333,10 @@ def partial_state(
     chunks = math.ceil(n_tiles / tiles_per_chunk)   # no empty chunk: every item owes a state
     n_items = batch * chunks
     grid = (min(n_items, slots),)
-    scratch = torch.empty(grid[0], hidden * (block_lo + block_mid + 1) + block_mid, dtype=torch.float32,
-                          device=W.device)
+    per_program = hidden * (block_lo + block_mid + 1) + block_mid
+    if fused:  # staged marginals and their accumulators
+        per_program += 2 * hidden * (block_lo + block_mid)
+    scratch = torch.empty(grid[0], per_program, dtype=torch.float32, device=W.device)
     direct = chunks == 1
     m_ws = out.m if direct else torch.empty(batch, chunks, dtype=torch.float32, device=W.device)
     s_ws = out.s if direct else torch.empty(batch, chunks, dtype=torch.float32, device=W.device)

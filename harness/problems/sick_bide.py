@@ -118,6 +118,14 @@ def validate(W: Any, r: Any, targets: Any = None, grad_nll: Any = None) -> dict[
     Raises InputError naming the argument, its value and the allowed range. Reads
     targets' min and max (one device sync) so that nothing runs on bad indices.
     """
+    sizes = _validate(W, r, targets)[0]
+    if grad_nll is not None:
+        _check_grad_nll(grad_nll, targets, W)
+    return sizes
+
+
+def _validate(W: Any, r: Any, targets: Any = None) -> tuple[dict[str, int], bool]:
+    """validate(), also returning whether W and r are all finite (learnt in the same sync)."""
     if not isinstance(W, Tensor):
         raise InputError(f"W must be a torch.Tensor [batch, hidden, n_bits], got {type(W).__name__}")
     if not isinstance(r, Tensor):
@@ -140,7 +148,7 @@ def validate(W: Any, r: Any, targets: Any = None, grad_nll: Any = None) -> dict[
         raise InputError(f"r must have shape [batch, hidden] = {[batch, hidden]} to match W, got {list(r.shape)}")
     sizes = {"batch": batch, "hidden": hidden, "n_bits": n_bits}
     if targets is None:
-        return sizes
+        return sizes, _scan(W, r, None, n_bits)
     if not isinstance(targets, Tensor):
         raise InputError(f"targets must be an integer torch.Tensor, got {type(targets).__name__}")
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
@@ -152,24 +160,34 @@ def validate(W: Any, r: Any, targets: Any = None, grad_nll: Any = None) -> dict[
             f"targets must have shape [batch] or [batch, S] with batch = {batch}, got {list(targets.shape)}"
         )
     sizes["targets_per_row"] = targets.shape[1] if targets.dim() == 2 else 1
-    if targets.numel():
-        lo, hi = (int(v) for v in torch.stack(torch.aminmax(targets.long())).tolist())
+    return sizes, _scan(W, r, targets, n_bits)
+
+
+def _check_grad_nll(grad_nll: Any, targets: Tensor, W: Tensor) -> None:
+    if not isinstance(grad_nll, Tensor) or not grad_nll.dtype.is_floating_point:
+        raise InputError("grad_nll must be a floating-point torch.Tensor shaped like targets")
+    if grad_nll.shape != targets.shape or grad_nll.device != W.device:
+        raise InputError(
+            f"grad_nll must have the shape of targets {list(targets.shape)} on {W.device}, "
+            f"got {list(grad_nll.shape)} on {grad_nll.device}"
+        )
+
+
+def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> bool:
+    """One device sync: raise if a target is out of range; return whether W and r are all finite."""
+    if W.numel() == 0:
+        return True
+    flags = [torch.isfinite(W).all(), torch.isfinite(r).all()]
+    if targets is not None and targets.numel():
+        flags.extend(torch.aminmax(targets.long()))
+    values = [int(v) for v in torch.stack([f.long() for f in flags]).tolist()]
+    if len(values) == 4:
+        lo, hi = values[2:]
         if lo < 0 or hi >= 1 << n_bits:
             bad = lo if lo < 0 else hi
             where = tuple(int(i) for i in (targets == bad).nonzero()[0].tolist())
-            raise InputError(
-                f"targets{list(where)} = {bad} is outside 0 <= targets < 2^n_bits = {1 << n_bits}"
-            )
-    if grad_nll is not None:
-        if not isinstance(grad_nll, Tensor) or not grad_nll.dtype.is_floating_point:
-            raise InputError("grad_nll must be a floating-point torch.Tensor shaped like targets")
-        if grad_nll.shape != targets.shape or grad_nll.device != W.device:
-            raise InputError(
-                f"grad_nll must have the shape of targets {list(targets.shape)} on {W.device}, "
-                f"got {list(grad_nll.shape)} on {grad_nll.device}"
-            )
-    return sizes
-
+            raise InputError(f"targets{list(where)} = {bad} is outside 0 <= targets < 2^n_bits = {1 << n_bits}")
+    return bool(values[0] and values[1])
 
 def resolve(
     name: str, config: str, sizes: dict[str, int], dtype, device, needs: frozenset[str] = frozenset()
@@ -224,8 +242,10 @@ def _run_partial_state(backend, options, W, r, k_start, k_stop, want_grad) -> Pa
     return out
 
 
-def _bad_rows(W: Tensor, r: Tensor) -> Tensor:
-    """[B] bool: rows with NaN or inf anywhere in W or r."""
+def _bad_rows(W: Tensor, r: Tensor, all_finite: bool) -> Tensor | None:
+    """[B] bool: rows with NaN or inf anywhere in W or r; None when there are none."""
+    if all_finite:
+        return None
     return ~(torch.isfinite(W).flatten(1).all(1) & torch.isfinite(r).all(1))
 
 
@@ -241,21 +261,21 @@ def _target_terms(W_acc: Tensor, r_acc: Tensor, targets: Tensor) -> tuple[Tensor
     return b_y, z_y, l_y
 
 
-def _nan_rows(x: Tensor, bad: Tensor) -> Tensor:
-    return x.masked_fill(bad.view(-1, *[1] * (x.dim() - 1)), math.nan)
+def _nan_rows(x: Tensor, bad: Tensor | None) -> Tensor:
+    return x if bad is None else x.masked_fill(bad.view(-1, *[1] * (x.dim() - 1)), math.nan)
 
 
 class _FusedNLL(torch.autograd.Function):
     """nll and lse from one partial state; the gradient sums come from the forward pass."""
 
     @staticmethod
-    def forward(ctx, W, r, targets, backend, options, want_grad):
+    def forward(ctx, W, r, targets, backend, options, want_grad, all_finite):
         n_bits = W.shape[2]
         state = _run_partial_state(backend, options, W, r, 0, 1 << n_bits, want_grad)
         acc = state.m.dtype
         W_acc, r_acc = W.to(acc), r.to(acc)
         _, _, l_y = _target_terms(W_acc, r_acc, targets)
-        bad = _bad_rows(W, r)
+        bad = _bad_rows(W, r, all_finite)
         lse = _nan_rows(state.m + state.s.log(), bad)
         nll = _nan_rows(lse[:, None] - l_y, bad)
         if want_grad:
@@ -276,7 +296,7 @@ class _FusedNLL(torch.autograd.Function):
         return (
             dW.to(dtype) if ctx.needs_input_grad[0] else None,
             dr.to(dtype) if ctx.needs_input_grad[1] else None,
-            None, None, None, None,
+            None, None, None, None, None,
         )
 
 
@@ -328,7 +348,12 @@ def loss(
     gradient sums are computed in the forward pass only when autograd will need
     them (grad mode on and W or r requiring grad).
     """
-    sizes = validate(W, r, targets)
+    return _loss(W, r, targets, _validate(W, r, targets), backend, config, options)
+
+
+def _loss(W, r, targets, validated, backend, config, options) -> tuple[Tensor, Tensor]:
+    """loss() after validation: (sizes, all_finite) = validated."""
+    sizes, all_finite = validated
     want_grad = torch.is_grad_enabled() and (W.requires_grad or r.requires_grad)
     chosen = resolve(backend, config, sizes, W.dtype, W.device, frozenset({"grad"} if want_grad else ()))
     targets_2d = targets.long().reshape(sizes["batch"], sizes["targets_per_row"])
@@ -339,13 +364,13 @@ def loss(
         return nll + 0 * W.sum() + 0 * r.sum(), lse + 0 * W.sum()
     options = _options(chosen, config, options)
     if "loss" in chosen.kernels:
-        bad = _bad_rows(W, r)
-        if want_grad:
+        bad = _bad_rows(W, r, all_finite)
+        if want_grad and bad is not None:
             W, r = _NanRowsInGrad.apply(W, bad), _NanRowsInGrad.apply(r, bad)
         nll, lse = chosen.kernels["loss"](W, r, targets_2d, **options)
         nll, lse = _nan_rows(nll, bad), _nan_rows(lse, bad)
     else:
-        nll, lse = _FusedNLL.apply(W, r, targets_2d, chosen, options, want_grad)
+        nll, lse = _FusedNLL.apply(W, r, targets_2d, chosen, options, want_grad, all_finite)
     return nll.reshape(targets.shape), lse
 
 
@@ -360,12 +385,13 @@ def loss_and_grad(
     **options: Any,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """nll, lse, dW, dr without autograd: the gradient of sum(grad_nll * nll) (grad_nll defaults to ones)."""
-    validate(W, r, targets, grad_nll)
+    validated = _validate(W, r, targets)
     if grad_nll is None:
         grad_nll = torch.ones(targets.shape, dtype=acc_dtype(W.dtype), device=W.device)
+    _check_grad_nll(grad_nll, targets, W)
     with torch.enable_grad():
         W_, r_ = W.detach().requires_grad_(), r.detach().requires_grad_()
-        nll, lse = loss(W_, r_, targets, backend=backend, config=config, **options)
+        nll, lse = _loss(W_, r_, targets, validated, backend, config, options)
         dW, dr = torch.autograd.grad(nll, (W_, r_), grad_nll.to(nll.dtype), allow_unused=True)
     return nll.detach(), lse.detach(), dW, dr
 
@@ -382,7 +408,7 @@ def partial_state(
     **options: Any,
 ) -> PartialState:
     """The backend's (m, s, D) over codes [k_start, k_stop) (default: all 2^n), validated."""
-    sizes = validate(W, r)
+    sizes, all_finite = _validate(W, r)
     n_bits = sizes["n_bits"]
     k_stop = 1 << n_bits if k_stop is None else k_stop
     if not (isinstance(k_start, int) and isinstance(k_stop, int) and 0 <= k_start <= k_stop <= 1 << n_bits):
@@ -397,7 +423,7 @@ def partial_state(
     if "partial_state" not in chosen.kernels:
         raise UnsupportedError(f"backend {chosen.name!r} has no partial_state kernel")
     state = _run_partial_state(chosen, _options(chosen, config, options), W, r, k_start, k_stop, want_grad)
-    bad = _bad_rows(W, r)
+    bad = _bad_rows(W, r, all_finite)
     return PartialState(*(None if t is None else _nan_rows(t, bad) for t in state))
 
 
