@@ -10,7 +10,7 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
   python3 -c 'import cupy; print("cupy", cupy.__version__)' 2>&1 | tail -1
 } > "$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
-if [ -f .devtools/peak_ops.py ]; then timeout 120 python3 .devtools/peak_ops.py > "$OUT/peak_ops.txt" 2>&1; cat "$OUT/peak_ops.txt"; fi
+if [ -f .devtools/peak_ops.py ] && [ -z "${SKIP_PEAK:-}" ]; then timeout 120 python3 .devtools/peak_ops.py > "$OUT/peak_ops.txt" 2>&1; cat "$OUT/peak_ops.txt"; fi
 for step in "$@"; do
   echo "### $step"
   case "$step" in

@@ -1,13 +1,14 @@
-"""Time option sets of one backend side by side, for tuning a kernel's configuration.
+"""Time backends and option sets side by side, for tuning kernels and comparing backends.
 
-    python benchmarks/explore.py --backend triton --sizes batch=16384,hidden=32,n_bits=16 \\
-        --dtype float32 --mode state --options lo_bits=5,mid_bits=8 --options lo_bits=5,mid_bits=9,num_warps=8
+    python benchmarks/explore.py --sizes batch=16384,hidden=32,n_bits=16 --dtype float32 --mode state \\
+        --variant triton,lo_bits=5,mid_bits=8 --variant triton,lo_bits=4,mid_bits=9 --variant cupy
 
+A variant is "backend[:config][,key=value...]".
 Modes: "state" (the forward partial state: m, s), "grad-state" (m, s and the gradient
 sums D), "loss" (sick_bide.loss forward under no_grad, the whole call), "loss+backward".
-Option sets are timed round-robin (A B C A B C ...) so that clock drift hits all alike;
+Variants are timed round-robin (A B C A B C ...) so that clock drift hits all alike;
 each sample is triton.testing.do_bench's median (CUDA events, L2 flushed between calls),
-and the table shows the median and the min..max over rounds. Each option set's lse is
+and the table shows the median and the min..max over rounds. Each variant's lse is
 compared with the first's, so a fast wrong configuration cannot hide.
 """
 
@@ -24,17 +25,19 @@ from harness.problems.sick_bide_problem import make_inputs, work
 from harness.verify import parse_sizes
 
 
-def parse_options(text: str) -> dict:
-    out = {}
-    for item in filter(None, text.split(",")):
+def parse_variant(text: str) -> dict:
+    """'triton:default,lo_bits=5' -> {'backend': 'triton', 'config': 'default', 'lo_bits': 5}."""
+    head, *items = text.split(",")
+    backend, _, config = head.partition(":")
+    out = {"backend": backend, "config": config or "default"}
+    for item in items:
         key, value = item.split("=")
         out[key] = int(value) if value.lstrip("-").isdigit() else value
     return out
 
 
-def runner(mode, backend, config, inputs, options):
+def runner(mode, inputs, kw):
     W, r, targets = inputs["W"], inputs["r"], inputs["targets"]
-    kw = {"backend": backend, "config": config, **options}
     if mode in ("state", "grad-state"):
         return lambda: sick_bide.partial_state(W, r, want_grad=mode == "grad-state", **kw)
     if mode == "loss":
@@ -55,24 +58,22 @@ def main() -> None:
     import triton.testing
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", required=True)
-    parser.add_argument("--config", default="default")
+    parser.add_argument("--variant", required=True, action="append", help="backend[:config][,k=v...], repeatable")
     parser.add_argument("--sizes", required=True, action="append")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--mode", default="state", choices=["state", "grad-state", "loss", "loss+backward"])
-    parser.add_argument("--options", action="append", default=None, help="k=v,k=v (repeatable); none: defaults")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    option_sets = [parse_options(o) for o in (args.options or [""])]
+    option_sets = [parse_variant(v) for v in args.variant]
     registry.load()
     for size_text in args.sizes:
         sizes = parse_sizes(size_text)
         inputs = make_inputs(sizes, getattr(torch, args.dtype), "cuda", seed=0)
-        fns = [runner(args.mode, args.backend, args.config, inputs, o) for o in option_sets]
+        fns = [runner(args.mode, inputs, o) for o in option_sets]
         base = None
         for fn, opts in zip(fns, option_sets, strict=True):
             result = fn()
-            lse = result.m + result.s.log() if hasattr(result, "m") else result[1]
+            lse = (result.m + result.s.log() if hasattr(result, "m") else result[1]).detach()
             base = lse if base is None else base
             err = float((lse.double() - base.double()).abs().max())
             if err > 1e-3 * (1 + float(base.abs().max())):
@@ -81,8 +82,7 @@ def main() -> None:
         for _ in range(args.rounds):
             for i, fn in enumerate(fns):
                 samples[i].append(triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median"))
-        print(f"# {args.backend}:{args.config} {size_text} {args.dtype} {args.mode} "
-              f"on {torch.cuda.get_device_name()}")
+        print(f"# {size_text} {args.dtype} {args.mode} on {torch.cuda.get_device_name()}")
         for opts, ms in zip(option_sets, samples, strict=True):
             med = statistics.median(ms)
             rate = work(sizes) / (med * 1e-3)

@@ -1,0 +1,371 @@
+"""CuPy RawKernel: the SICK-BIDE loss in CUDA C, compiled at run time by NVRTC.
+
+A block of 128 threads owns one work item (a row and a chunk of its codes). Split a
+code k = (q << n_lo) | p: thread t owns the lo code p = t (n_lo = min(n, 7)) and keeps
+its hidden units in registers (H is compiled in):
+
+    qlo[h] = c_h P_lo[p, h],    c_h = |r_h| (1 where r_h = 0),  s_h = sign r_h
+    qhi[q, h] = -c_h (P_low[q mod 32, h] + P_high[q div 32, h])      (shared memory, per batch)
+    l[p, q] = R[q] + sum_h s_h max(qlo[h], qhi[q, h])                 (one FMNMX + one FFMA)
+
+so relu(z) = max(a, -b) + b with r folded in, and the mask of the gradient sums is the
+same comparison, 1[z > 0] = 1[qlo > qhi]. Logits are in base 2 (c and r carry log2 e).
+The hi codes are walked in batches of 32 (the low 5 hi bits vary inside a batch, the
+rest are constant, so the batch's table is P_low plus one vector).
+
+Forward kernel: each thread keeps its own online softmax (m, s); the block merges the
+128 states once at the end. Fused kernel: one block-wide max per batch so that all
+threads share a scale, then per (q, h):
+
+    A = e[p, q] 1[qlo > qhi]     G_lo[h] += A    (registers: lo bits of D, no reduction)
+    Sum_p A over the warp by a shared-memory transpose (lane h sums column h), then
+    D_hi[h, j] += b_qj Sum_p A   (lane h keeps its hidden unit's hi bits in registers)
+
+Cost per triple: forward about 2.3 instructions (max, fma, a quarter of a 16-byte shared
+load); fused about 8 (compare, select, two adds, the transpose's store, load and add).
+What CUDA C buys over Triton here: per-thread register arrays indexed by h (the G_lo
+accumulators and the per-lane D_hi), explicit shared-memory transposes instead of
+shuffle trees, and a one-instruction predicated max. PERFORMANCE.md has the numbers.
+
+Launches on torch's current stream of the input's device (cupy ExternalStream), reads
+and writes torch tensors zero-copy (DLPack), allocates nothing itself (the partial-state
+workspace for small batches comes from torch's allocator, so peak memory counts it).
+Limits: n_bits 1..32, H up to 256 (compiled per H), any B; float32, float16 and
+bfloat16 inputs (tables and accumulation in float32); CUDA only.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+
+import torch
+
+from harness import Backend
+from harness.problems.sick_bide import PartialState
+
+CUPY_MISSING = importlib.util.find_spec("cupy") is None
+THREADS = 128          # lo codes per block: n_lo = min(n, 7)
+MAX_HIDDEN = 256
+
+SOURCE = r"""
+#define HP (((HIDDEN) + 31) / 32 * 32)
+#define THREADS 128
+#define WARPS (THREADS / 32)
+#define QB 32
+#define NHI_MAX 32
+#define NEG_INF (-__int_as_float(0x7f800000))
+// Shared memory: two batch tables, then the per-warp transpose; the end-of-item merges reuse it all.
+#define SMEM_FLOATS (2 * QB * HP + WARPS * 32 * 33)
+
+__device__ __forceinline__ float bitsign(long long k, int j) { return ((k >> j) & 1) ? 1.f : -1.f; }
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float u = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, u) : v + u;
+    }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    v = red[0];
+    for (int w = 1; w < WARPS; ++w) v = is_max ? fmaxf(v, red[w]) : v + red[w];
+    return v;
+}
+
+// One work item per block: row = blockIdx.x / chunks, hi codes [qa, qb_end) of that row.
+template <bool GRAD>
+__device__ void sick_bide_item(const float* __restrict__ W, const float* __restrict__ r,
+                               float* __restrict__ m_out, float* __restrict__ s_out, float* __restrict__ d_out,
+                               int n_bits, int n_lo, long long k_start, long long k_stop,
+                               long long q_first, long long q_last, int chunks, long long q_per_chunk)
+{
+    __shared__ __align__(16) float smem[SMEM_FLOATS];
+    __shared__ float c_s[HP], r_s[HP], sgn_s[HP], high_s[HP], rq_s[QB], red_s[WARPS];
+    float (*plow_s)[HP] = reinterpret_cast<float (*)[HP]>(smem);             // [QB][HP]
+    float (*qhi_s)[HP] = reinterpret_cast<float (*)[HP]>(smem + QB * HP);    // [QB][HP]
+    float (*tr_s)[32][33] = reinterpret_cast<float (*)[32][33]>(smem + 2 * QB * HP);   // [WARPS][32][33]
+
+    const int item = blockIdx.x, row = item / chunks, chunk = item % chunks;
+    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
+    const int n_hi = n_bits - n_lo, n_low = min(5, n_hi);
+    const float* Wr = W + (size_t)row * HIDDEN * n_bits;
+    const float* rr = r + (size_t)row * HIDDEN;
+    const long long qa = q_first + chunk * q_per_chunk;
+    const long long q_end = min(qa + q_per_chunk, q_last + 1);
+
+    for (int h = t; h < HP; h += THREADS) {
+        const float rv = h < HIDDEN ? rr[h] : 0.f;
+        r_s[h] = rv * 1.4426950408889634f;
+        c_s[h] = (rv != 0.f ? fabsf(rv) : 1.f) * 1.4426950408889634f;
+        sgn_s[h] = rv > 0.f ? 1.f : (rv < 0.f ? -1.f : 0.f);
+    }
+    for (int i = t; i < QB * HP; i += THREADS) {      // P over the low 5 hi bits, the same for every batch
+        const int qq = i / HP, h = i % HP;
+        float acc = 0.f;
+        if (h < HIDDEN) for (int j = 0; j < n_low; ++j) acc += Wr[h * n_bits + n_lo + j] * bitsign(qq, j);
+        plow_s[qq][h] = acc;
+    }
+    __syncthreads();
+
+    const int p = t;                                   // this thread's lo code
+    const bool p_ok = p < (1 << n_lo);
+    float qlo[HP], sg[HP], G[GRAD ? HP : 1];
+    #pragma unroll
+    for (int h = 0; h < HP; ++h) {
+        float acc = 0.f;
+        if (h < HIDDEN) for (int j = 0; j < n_lo; ++j) acc += Wr[h * n_bits + j] * bitsign(p, j);
+        qlo[h] = c_s[h] * acc;
+        sg[h] = sgn_s[h];
+        if (GRAD) G[h] = 0.f;
+    }
+    float dhi[GRAD ? HP / 32 : 1][GRAD ? NHI_MAX : 1];
+    #pragma unroll
+    for (int g = 0; g < (GRAD ? HP / 32 : 1); ++g)
+        #pragma unroll
+        for (int j = 0; j < (GRAD ? NHI_MAX : 1); ++j) dhi[g][j] = 0.f;
+    float m = NEG_INF, s = 0.f;
+
+    for (long long qb = qa & ~31LL; qb < q_end; qb += QB) {
+        __syncthreads();                               // everyone is done with the last batch's table
+        if (t < HP) {
+            float high = 0.f;
+            if (t < HIDDEN) for (int j = n_low; j < n_hi; ++j) high += Wr[t * n_bits + n_lo + j] * bitsign(qb, j);
+            high_s[t] = high;
+        }
+        __syncthreads();
+        for (int i = t; i < QB * HP; i += THREADS) {
+            const int qq = i / HP, h = i % HP;
+            qhi_s[qq][h] = -c_s[h] * (plow_s[qq][h] + high_s[h]);
+        }
+        if (t < QB) {
+            float acc = 0.f;
+            for (int h = 0; h < HIDDEN; ++h) acc += r_s[h] * (plow_s[t][h] + high_s[h]);
+            rq_s[t] = acc;
+        }
+        __syncthreads();
+
+        float l[QB];
+        const bool interior = p_ok && qb >= qa && qb + QB <= q_end
+                              && (qb << n_lo) >= k_start && ((qb + QB) << n_lo) <= k_stop;
+        #pragma unroll
+        for (int qq = 0; qq < QB; ++qq) {
+            float acc = rq_s[qq];
+            const float4* row4 = reinterpret_cast<const float4*>(qhi_s[qq]);
+            #pragma unroll
+            for (int h4 = 0; h4 < HP / 4; ++h4) {
+                const float4 b = row4[h4];
+                acc = fmaf(sg[4 * h4 + 0], fmaxf(qlo[4 * h4 + 0], b.x), acc);
+                acc = fmaf(sg[4 * h4 + 1], fmaxf(qlo[4 * h4 + 1], b.y), acc);
+                acc = fmaf(sg[4 * h4 + 2], fmaxf(qlo[4 * h4 + 2], b.z), acc);
+                acc = fmaf(sg[4 * h4 + 3], fmaxf(qlo[4 * h4 + 3], b.w), acc);
+            }
+            if (!interior) {
+                const long long q = qb + qq, k = (q << n_lo) + p;
+                if (!p_ok || q < qa || q >= q_end || k < k_start || k >= k_stop) acc = NEG_INF;
+            }
+            l[qq] = acc;
+        }
+        float mb = NEG_INF;
+        #pragma unroll
+        for (int qq = 0; qq < QB; ++qq) mb = fmaxf(mb, l[qq]);
+        if (GRAD) mb = block_reduce(mb, red_s, true);  // one scale for the whole block
+        const float m_new = fmaxf(m, mb);
+        if (m_new > m) {
+            const float alpha = exp2f(m - m_new);       // 0 on the first batch (m = -inf)
+            s *= alpha;
+            #pragma unroll
+            for (int h = 0; h < (GRAD ? HP : 0); ++h) G[h] *= alpha;
+            #pragma unroll
+            for (int g = 0; g < (GRAD ? HP / 32 : 0); ++g)
+                #pragma unroll
+                for (int j = 0; j < NHI_MAX; ++j) dhi[g][j] *= alpha;
+            m = m_new;
+        }
+        #pragma unroll
+        for (int qq = 0; qq < QB; ++qq) {
+            l[qq] = m == NEG_INF ? 0.f : exp2f(l[qq] - m);   // e, in place
+            s += l[qq];
+        }
+        if (GRAD) {
+            #pragma unroll 1
+            for (int qq = 0; qq < QB; ++qq) {
+                const float e = l[qq];
+                const long long q = qb + qq;
+                #pragma unroll
+                for (int g = 0; g < HP / 32; ++g) {
+                    #pragma unroll
+                    for (int hh = 0; hh < 32; ++hh) {
+                        const float a = qlo[32 * g + hh] > qhi_s[qq][32 * g + hh] ? e : 0.f;
+                        G[32 * g + hh] += a;
+                        tr_s[warp][lane][hh] = a;
+                    }
+                    __syncwarp();
+                    float col = 0.f;                   // lane hh: A summed over the warp's 32 lo codes
+                    #pragma unroll
+                    for (int i = 0; i < 32; ++i) col += tr_s[warp][i][lane];
+                    __syncwarp();
+                    #pragma unroll
+                    for (int j = 0; j < NHI_MAX; ++j)
+                        if (j < n_hi) dhi[g][j] += ((q >> j) & 1) ? col : -col;
+                }
+            }
+        }
+    }
+
+    // s over the block (forward threads first rescale their own m to the block's).
+    if (!GRAD) {
+        const float mb = block_reduce(m, red_s, true);
+        s = m == NEG_INF ? 0.f : s * exp2f(m - mb);
+        m = mb;
+    }
+    s = block_reduce(s, red_s, false);
+    if (t == 0) {
+        m_out[item] = m * 0.6931471805599453f;
+        s_out[item] = s;
+    }
+    if (!GRAD) return;
+
+    float* D = d_out + (size_t)item * HIDDEN * n_bits;
+    // Lo bits: D[h, j] = sum_p b_pj G[p][h]. Transpose G through shared memory, then warp w folds
+    // hidden units w, w + 4, ...: lane holds p = lane + 32 i (i = 0..3), i.e. bits 5, 6 of p are i's.
+    float* G_s = smem;                                 // [THREADS][HP]
+    __syncthreads();
+    #pragma unroll
+    for (int h = 0; h < HP; ++h) G_s[t * HP + h] = p_ok ? G[h] : 0.f;
+    __syncthreads();
+    for (int h = warp; h < HIDDEN; h += WARPS) {
+        const float x0 = G_s[lane * HP + h], x1 = G_s[(lane + 32) * HP + h];
+        const float x2 = G_s[(lane + 64) * HP + h], x3 = G_s[(lane + 96) * HP + h];
+        const float total = (x0 + x1) + (x2 + x3);
+        for (int j = 0; j < n_lo; ++j) {
+            float v;
+            if (j < 5) v = ((lane >> j) & 1) ? total : -total;
+            else if (j == 5) v = (x1 + x3) - (x0 + x2);
+            else v = (x2 + x3) - (x0 + x1);
+            v = warp_sum(v);
+            if (lane == 0) D[h * n_bits + j] = v;
+        }
+    }
+    // Hi bits: lane hh of each warp holds hidden unit 32 g + hh, summed over the warp's lo codes.
+    __syncthreads();
+    float* dh_s = smem;                                // [WARPS][HP][NHI_MAX]
+    #pragma unroll
+    for (int g = 0; g < HP / 32; ++g)
+        #pragma unroll
+        for (int j = 0; j < NHI_MAX; ++j) dh_s[(warp * HP + 32 * g + lane) * NHI_MAX + j] = dhi[g][j];
+    __syncthreads();
+    for (int i = t; i < HIDDEN * n_hi; i += THREADS) {
+        const int h = i / n_hi, j = i % n_hi;
+        float v = 0.f;
+        for (int w = 0; w < WARPS; ++w) v += dh_s[(w * HP + h) * NHI_MAX + j];
+        D[h * n_bits + n_lo + j] = v;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_forward(
+    const float* W, const float* r, float* m_out, float* s_out, int n_bits, int n_lo, long long k_start,
+    long long k_stop, long long q_first, long long q_last, int chunks, long long q_per_chunk)
+{
+    sick_bide_item<false>(W, r, m_out, s_out, nullptr, n_bits, n_lo, k_start, k_stop, q_first, q_last, chunks,
+                          q_per_chunk);
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_fused(
+    const float* W, const float* r, float* m_out, float* s_out, float* d_out, int n_bits, int n_lo,
+    long long k_start, long long k_stop, long long q_first, long long q_last, int chunks, long long q_per_chunk)
+{
+    sick_bide_item<true>(W, r, m_out, s_out, d_out, n_bits, n_lo, k_start, k_stop, q_first, q_last, chunks,
+                         q_per_chunk);
+}
+"""
+
+
+@functools.cache
+def _kernels(hidden: int, arch: str):
+    """(forward, fused) RawKernels for this hidden size, compiled once per process and device arch."""
+    import cupy
+
+    module = cupy.RawModule(code=SOURCE, options=("-std=c++17", f"-arch={arch}", f"-DHIDDEN={hidden}"))
+    return module.get_function("sick_bide_forward"), module.get_function("sick_bide_fused")
+
+
+@functools.cache
+def _device_facts(index: int) -> tuple[str, int]:
+    props = torch.cuda.get_device_properties(index)
+    return f"sm_{props.major}{props.minor}", props.multi_processor_count
+
+
+def partial_state(
+    W: torch.Tensor,
+    r: torch.Tensor,
+    k_start: int,
+    k_stop: int,
+    out: PartialState,
+    *,
+    blocks_per_sm: int = 4,
+) -> None:
+    import cupy
+    import numpy as np
+
+    batch, hidden, n_bits = W.shape
+    device = W.device.index if W.device.index is not None else torch.cuda.current_device()
+    arch, sms = _device_facts(device)
+    forward, fused = _kernels(hidden, arch)
+    n_lo = min(n_bits, 7)
+    q_first, q_last = k_start >> n_lo, (k_stop - 1) >> n_lo
+    batches = (q_last >> 5) - (q_first >> 5) + 1
+    chunks = max(1, min(batches, math.ceil(blocks_per_sm * sms / batch)))
+    q_per_chunk = 32 * math.ceil(batches / chunks)                 # whole batches of 32 hi codes
+    chunks = math.ceil((q_last - q_first + 1) / q_per_chunk)
+    direct = chunks == 1
+    f32 = torch.float32
+    m_ws = out.m if direct else torch.empty(batch, chunks, dtype=f32, device=W.device)
+    s_ws = out.s if direct else torch.empty(batch, chunks, dtype=f32, device=W.device)
+    W32, r32 = W.to(f32).contiguous(), r.to(f32).contiguous()
+    tail = (np.int32(n_bits), np.int32(n_lo), np.int64(k_start), np.int64(k_stop), np.int64(q_first),
+            np.int64(q_last), np.int32(chunks), np.int64(q_per_chunk))
+    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+    with cupy.cuda.Device(device), stream:   # views made on torch's stream: no cross-stream wait
+        views = [cupy.from_dlpack(x) for x in (W32, r32, m_ws, s_ws)]
+        if out.D is None:
+            forward((batch * chunks,), (THREADS,), (*views, *tail))
+        else:
+            d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=f32, device=W.device)
+            fused((batch * chunks,), (THREADS,), (*views, cupy.from_dlpack(d_ws), *tail))
+    if not direct:
+        m = m_ws.amax(1)
+        scale = torch.where(m_ws == -math.inf, 0.0, torch.exp(m_ws - m[:, None]))   # [B, chunks]
+        out.m.copy_(m)
+        out.s.copy_((s_ws * scale).sum(1))
+        if out.D is not None:
+            out.D.copy_((d_ws * scale[:, :, None, None]).sum(1))
+
+
+def _unavailable(config: str) -> str | None:
+    if CUPY_MISSING:
+        return "cupy is not installed (pip install 'fusedbench[cupy]')"
+    return None
+
+
+BACKENDS = [
+    Backend(
+        name="cupy",
+        problem="sick_bide",
+        kernels={"partial_state": partial_state},
+        devices=("cuda",),
+        dtypes=(torch.float32, torch.float16, torch.bfloat16),
+        limits={"n_bits": (1, 32), "hidden": (1, 64)},
+        features=frozenset({"grad", "k_ranges"}),
+        configs={"default": {}},
+        unavailable=_unavailable,
+        priority=5,
+        summary="CUDA C via CuPy RawModule (NVRTC): lo code per thread, registers per hidden unit",
+    )
+]
