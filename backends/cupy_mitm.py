@@ -30,7 +30,7 @@ shuffle trees, and a one-instruction predicated max. PERFORMANCE.md has the numb
 Launches on torch's current stream of the input's device (cupy ExternalStream), reads
 and writes torch tensors zero-copy (DLPack), allocates nothing itself (the partial-state
 workspace for small batches comes from torch's allocator, so peak memory counts it).
-Limits: n_bits 1..32, H up to 256 (compiled per H), any B; float32, float16 and
+Limits: n_bits 1..32, H up to 64 (registers sized for 32 or 64 units, compiled once each), any B; float32, float16 and
 bfloat16 inputs (tables and accumulation in float32); CUDA only.
 """
 
@@ -47,10 +47,9 @@ from harness.problems.sick_bide import PartialState
 
 CUPY_MISSING = importlib.util.find_spec("cupy") is None
 THREADS = 128          # lo codes per block: n_lo = min(n, 7)
-MAX_HIDDEN = 256
+MAX_hidden = 256
 
 SOURCE = r"""
-#define HP (((HIDDEN) + 31) / 32 * 32)
 #define THREADS 128
 #define WARPS (THREADS / 32)
 #define QB 32
@@ -83,7 +82,7 @@ __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) 
 template <bool GRAD>
 __device__ void sick_bide_item(const float* __restrict__ W, const float* __restrict__ r,
                                float* __restrict__ m_out, float* __restrict__ s_out, float* __restrict__ d_out,
-                               int n_bits, int n_lo, long long k_start, long long k_stop,
+                               int hidden, int n_bits, int n_lo, long long k_start, long long k_stop,
                                long long q_first, long long q_last, int chunks, long long q_per_chunk)
 {
     __shared__ __align__(16) float smem[SMEM_FLOATS];
@@ -95,13 +94,13 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
     const int item = blockIdx.x, row = item / chunks, chunk = item % chunks;
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int n_hi = n_bits - n_lo, n_low = min(5, n_hi);
-    const float* Wr = W + (size_t)row * HIDDEN * n_bits;
-    const float* rr = r + (size_t)row * HIDDEN;
+    const float* Wr = W + (size_t)row * hidden * n_bits;   // hidden <= HP, the register width compiled in
+    const float* rr = r + (size_t)row * hidden;
     const long long qa = q_first + chunk * q_per_chunk;
     const long long q_end = min(qa + q_per_chunk, q_last + 1);
 
     for (int h = t; h < HP; h += THREADS) {
-        const float rv = h < HIDDEN ? rr[h] : 0.f;
+        const float rv = h < hidden ? rr[h] : 0.f;
         r_s[h] = rv * 1.4426950408889634f;
         c_s[h] = (rv != 0.f ? fabsf(rv) : 1.f) * 1.4426950408889634f;
         sgn_s[h] = rv > 0.f ? 1.f : (rv < 0.f ? -1.f : 0.f);
@@ -109,7 +108,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
     for (int i = t; i < QB * HP; i += THREADS) {      // P over the low 5 hi bits, the same for every batch
         const int qq = i / HP, h = i % HP;
         float acc = 0.f;
-        if (h < HIDDEN) for (int j = 0; j < n_low; ++j) acc += Wr[h * n_bits + n_lo + j] * bitsign(qq, j);
+        if (h < hidden) for (int j = 0; j < n_low; ++j) acc += Wr[h * n_bits + n_lo + j] * bitsign(qq, j);
         plow_s[qq][h] = acc;
     }
     __syncthreads();
@@ -120,7 +119,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
     #pragma unroll
     for (int h = 0; h < HP; ++h) {
         float acc = 0.f;
-        if (h < HIDDEN) for (int j = 0; j < n_lo; ++j) acc += Wr[h * n_bits + j] * bitsign(p, j);
+        if (h < hidden) for (int j = 0; j < n_lo; ++j) acc += Wr[h * n_bits + j] * bitsign(p, j);
         qlo[h] = c_s[h] * acc;
         sg[h] = sgn_s[h];
         if (GRAD) G[h] = 0.f;
@@ -136,7 +135,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
         __syncthreads();                               // everyone is done with the last batch's table
         if (t < HP) {
             float high = 0.f;
-            if (t < HIDDEN) for (int j = n_low; j < n_hi; ++j) high += Wr[t * n_bits + n_lo + j] * bitsign(qb, j);
+            if (t < hidden) for (int j = n_low; j < n_hi; ++j) high += Wr[t * n_bits + n_lo + j] * bitsign(qb, j);
             high_s[t] = high;
         }
         __syncthreads();
@@ -146,7 +145,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
         }
         if (t < QB) {
             float acc = 0.f;
-            for (int h = 0; h < HIDDEN; ++h) acc += r_s[h] * (plow_s[t][h] + high_s[h]);
+            for (int h = 0; h < hidden; ++h) acc += r_s[h] * (plow_s[t][h] + high_s[h]);
             rq_s[t] = acc;
         }
         __syncthreads();
@@ -232,7 +231,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
     }
     if (!GRAD) return;
 
-    float* D = d_out + (size_t)item * HIDDEN * n_bits;
+    float* D = d_out + (size_t)item * hidden * n_bits;
     // Lo bits: D[h, j] = sum_p b_pj G[p][h]. Transpose G through shared memory, then warp w folds
     // hidden units w, w + 4, ...: lane holds p = lane + 32 i (i = 0..3), i.e. bits 5, 6 of p are i's.
     float* G_s = smem;                                 // [THREADS][HP]
@@ -240,7 +239,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
     #pragma unroll
     for (int h = 0; h < HP; ++h) G_s[t * HP + h] = p_ok ? G[h] : 0.f;
     __syncthreads();
-    for (int h = warp; h < HIDDEN; h += WARPS) {
+    for (int h = warp; h < hidden; h += WARPS) {
         const float x0 = G_s[lane * HP + h], x1 = G_s[(lane + 32) * HP + h];
         const float x2 = G_s[(lane + 64) * HP + h], x3 = G_s[(lane + 96) * HP + h];
         const float total = (x0 + x1) + (x2 + x3);
@@ -261,7 +260,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
         #pragma unroll
         for (int j = 0; j < NHI_MAX; ++j) dh_s[(warp * HP + 32 * g + lane) * NHI_MAX + j] = dhi[g][j];
     __syncthreads();
-    for (int i = t; i < HIDDEN * n_hi; i += THREADS) {
+    for (int i = t; i < hidden * n_hi; i += THREADS) {
         const int h = i / n_hi, j = i % n_hi;
         float v = 0.f;
         for (int w = 0; w < WARPS; ++w) v += dh_s[(w * HP + h) * NHI_MAX + j];
@@ -270,19 +269,19 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_forward(
-    const float* W, const float* r, float* m_out, float* s_out, int n_bits, int n_lo, long long k_start,
-    long long k_stop, long long q_first, long long q_last, int chunks, long long q_per_chunk)
+    const float* W, const float* r, float* m_out, float* s_out, int hidden, int n_bits, int n_lo,
+    long long k_start, long long k_stop, long long q_first, long long q_last, int chunks, long long q_per_chunk)
 {
-    sick_bide_item<false>(W, r, m_out, s_out, nullptr, n_bits, n_lo, k_start, k_stop, q_first, q_last, chunks,
-                          q_per_chunk);
+    sick_bide_item<false>(W, r, m_out, s_out, nullptr, hidden, n_bits, n_lo, k_start, k_stop, q_first, q_last,
+                          chunks, q_per_chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_fused(
-    const float* W, const float* r, float* m_out, float* s_out, float* d_out, int n_bits, int n_lo,
+    const float* W, const float* r, float* m_out, float* s_out, float* d_out, int hidden, int n_bits, int n_lo,
     long long k_start, long long k_stop, long long q_first, long long q_last, int chunks, long long q_per_chunk)
 {
-    sick_bide_item<true>(W, r, m_out, s_out, d_out, n_bits, n_lo, k_start, k_stop, q_first, q_last, chunks,
-                         q_per_chunk);
+    sick_bide_item<true>(W, r, m_out, s_out, d_out, hidden, n_bits, n_lo, k_start, k_stop, q_first, q_last,
+                         chunks, q_per_chunk);
 }
 """
 
@@ -292,7 +291,7 @@ def _kernels(hidden: int, arch: str):
     """(forward, fused) RawKernels for this hidden size, compiled once per process and device arch."""
     import cupy
 
-    module = cupy.RawModule(code=SOURCE, options=("-std=c++17", f"-arch={arch}", f"-DHIDDEN={hidden}"))
+    module = cupy.RawModule(code=SOURCE, options=("-std=c++17", f"-arch={arch}", f"-Dhidden={hidden}"))
     return module.get_function("sick_bide_forward"), module.get_function("sick_bide_fused")
 
 
@@ -317,7 +316,7 @@ def partial_state(
     batch, hidden, n_bits = W.shape
     device = W.device.index if W.device.index is not None else torch.cuda.current_device()
     arch, sms = _device_facts(device)
-    forward, fused = _kernels(hidden, arch)
+    forward, fused = _kernels(32 * math.ceil(hidden / 32), arch)
     n_lo = min(n_bits, 7)
     q_first, q_last = k_start >> n_lo, (k_stop - 1) >> n_lo
     batches = (q_last >> 5) - (q_first >> 5) + 1
@@ -329,7 +328,7 @@ def partial_state(
     m_ws = out.m if direct else torch.empty(batch, chunks, dtype=f32, device=W.device)
     s_ws = out.s if direct else torch.empty(batch, chunks, dtype=f32, device=W.device)
     W32, r32 = W.to(f32).contiguous(), r.to(f32).contiguous()
-    tail = (np.int32(n_bits), np.int32(n_lo), np.int64(k_start), np.int64(k_stop), np.int64(q_first),
+    tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int64(k_start), np.int64(k_stop), np.int64(q_first),
             np.int64(q_last), np.int32(chunks), np.int64(q_per_chunk))
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
     with cupy.cuda.Device(device), stream:   # views made on torch's stream: no cross-stream wait
