@@ -47,7 +47,6 @@ from harness.problems.sick_bide import PartialState
 
 CUPY_MISSING = importlib.util.find_spec("cupy") is None
 THREADS = 128          # lo codes per block: n_lo = min(n, 7)
-MAX_hidden = 256
 
 SOURCE = r"""
 #define THREADS 128
@@ -82,7 +81,7 @@ __device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) 
 template <bool GRAD>
 __device__ void sick_bide_item(const float* __restrict__ W, const float* __restrict__ r,
                                float* __restrict__ m_out, float* __restrict__ s_out, float* __restrict__ d_out,
-                               int hidden, int n_bits, int n_lo, long long k_start, long long k_stop,
+                               int n_hidden, int n_bits, int n_lo, long long k_start, long long k_stop,
                                long long q_first, long long q_last, int chunks, long long q_per_chunk)
 {
     __shared__ __align__(16) float smem[SMEM_FLOATS];
@@ -94,13 +93,13 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
     const int item = blockIdx.x, row = item / chunks, chunk = item % chunks;
     const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
     const int n_hi = n_bits - n_lo, n_low = min(5, n_hi);
-    const float* Wr = W + (size_t)row * hidden * n_bits;   // hidden <= HP, the register width compiled in
-    const float* rr = r + (size_t)row * hidden;
+    const float* Wr = W + (size_t)row * n_hidden * n_bits;   // n_hidden <= HP, the register width compiled in
+    const float* rr = r + (size_t)row * n_hidden;
     const long long qa = q_first + chunk * q_per_chunk;
     const long long q_end = min(qa + q_per_chunk, q_last + 1);
 
     for (int h = t; h < HP; h += THREADS) {
-        const float rv = h < hidden ? rr[h] : 0.f;
+        const float rv = h < n_hidden ? rr[h] : 0.f;
         r_s[h] = rv * 1.4426950408889634f;
         c_s[h] = (rv != 0.f ? fabsf(rv) : 1.f) * 1.4426950408889634f;
         sgn_s[h] = rv > 0.f ? 1.f : (rv < 0.f ? -1.f : 0.f);
@@ -108,7 +107,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
     for (int i = t; i < QB * HP; i += THREADS) {      // P over the low 5 hi bits, the same for every batch
         const int qq = i / HP, h = i % HP;
         float acc = 0.f;
-        if (h < hidden) for (int j = 0; j < n_low; ++j) acc += Wr[h * n_bits + n_lo + j] * bitsign(qq, j);
+        if (h < n_hidden) for (int j = 0; j < n_low; ++j) acc += Wr[h * n_bits + n_lo + j] * bitsign(qq, j);
         plow_s[qq][h] = acc;
     }
     __syncthreads();
@@ -119,7 +118,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
     #pragma unroll
     for (int h = 0; h < HP; ++h) {
         float acc = 0.f;
-        if (h < hidden) for (int j = 0; j < n_lo; ++j) acc += Wr[h * n_bits + j] * bitsign(p, j);
+        if (h < n_hidden) for (int j = 0; j < n_lo; ++j) acc += Wr[h * n_bits + j] * bitsign(p, j);
         qlo[h] = c_s[h] * acc;
         sg[h] = sgn_s[h];
         if (GRAD) G[h] = 0.f;
@@ -135,7 +134,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
         __syncthreads();                               // everyone is done with the last batch's table
         if (t < HP) {
             float high = 0.f;
-            if (t < hidden) for (int j = n_low; j < n_hi; ++j) high += Wr[t * n_bits + n_lo + j] * bitsign(qb, j);
+            if (t < n_hidden) for (int j = n_low; j < n_hi; ++j) high += Wr[t * n_bits + n_lo + j] * bitsign(qb, j);
             high_s[t] = high;
         }
         __syncthreads();
@@ -145,7 +144,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
         }
         if (t < QB) {
             float acc = 0.f;
-            for (int h = 0; h < hidden; ++h) acc += r_s[h] * (plow_s[t][h] + high_s[h]);
+            for (int h = 0; h < n_hidden; ++h) acc += r_s[h] * (plow_s[t][h] + high_s[h]);
             rq_s[t] = acc;
         }
         __syncthreads();
@@ -231,15 +230,15 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
     }
     if (!GRAD) return;
 
-    float* D = d_out + (size_t)item * hidden * n_bits;
+    float* D = d_out + (size_t)item * n_hidden * n_bits;
     // Lo bits: D[h, j] = sum_p b_pj G[p][h]. Transpose G through shared memory, then warp w folds
-    // hidden units w, w + 4, ...: lane holds p = lane + 32 i (i = 0..3), i.e. bits 5, 6 of p are i's.
+    // n_hidden units w, w + 4, ...: lane holds p = lane + 32 i (i = 0..3), i.e. bits 5, 6 of p are i's.
     float* G_s = smem;                                 // [THREADS][HP]
     __syncthreads();
     #pragma unroll
     for (int h = 0; h < HP; ++h) G_s[t * HP + h] = p_ok ? G[h] : 0.f;
     __syncthreads();
-    for (int h = warp; h < hidden; h += WARPS) {
+    for (int h = warp; h < n_hidden; h += WARPS) {
         const float x0 = G_s[lane * HP + h], x1 = G_s[(lane + 32) * HP + h];
         const float x2 = G_s[(lane + 64) * HP + h], x3 = G_s[(lane + 96) * HP + h];
         const float total = (x0 + x1) + (x2 + x3);
@@ -252,7 +251,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
             if (lane == 0) D[h * n_bits + j] = v;
         }
     }
-    // Hi bits: lane hh of each warp holds hidden unit 32 g + hh, summed over the warp's lo codes.
+    // Hi bits: lane hh of each warp holds n_hidden unit 32 g + hh, summed over the warp's lo codes.
     __syncthreads();
     float* dh_s = smem;                                // [WARPS][HP][NHI_MAX]
     #pragma unroll
@@ -260,7 +259,7 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
         #pragma unroll
         for (int j = 0; j < NHI_MAX; ++j) dh_s[(warp * HP + 32 * g + lane) * NHI_MAX + j] = dhi[g][j];
     __syncthreads();
-    for (int i = t; i < hidden * n_hi; i += THREADS) {
+    for (int i = t; i < n_hidden * n_hi; i += THREADS) {
         const int h = i / n_hi, j = i % n_hi;
         float v = 0.f;
         for (int w = 0; w < WARPS; ++w) v += dh_s[(w * HP + h) * NHI_MAX + j];
@@ -269,18 +268,18 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_forward(
-    const float* W, const float* r, float* m_out, float* s_out, int hidden, int n_bits, int n_lo,
+    const float* W, const float* r, float* m_out, float* s_out, int n_hidden, int n_bits, int n_lo,
     long long k_start, long long k_stop, long long q_first, long long q_last, int chunks, long long q_per_chunk)
 {
-    sick_bide_item<false>(W, r, m_out, s_out, nullptr, hidden, n_bits, n_lo, k_start, k_stop, q_first, q_last,
+    sick_bide_item<false>(W, r, m_out, s_out, nullptr, n_hidden, n_bits, n_lo, k_start, k_stop, q_first, q_last,
                           chunks, q_per_chunk);
 }
 
 extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_fused(
-    const float* W, const float* r, float* m_out, float* s_out, float* d_out, int hidden, int n_bits, int n_lo,
+    const float* W, const float* r, float* m_out, float* s_out, float* d_out, int n_hidden, int n_bits, int n_lo,
     long long k_start, long long k_stop, long long q_first, long long q_last, int chunks, long long q_per_chunk)
 {
-    sick_bide_item<true>(W, r, m_out, s_out, d_out, hidden, n_bits, n_lo, k_start, k_stop, q_first, q_last,
+    sick_bide_item<true>(W, r, m_out, s_out, d_out, n_hidden, n_bits, n_lo, k_start, k_stop, q_first, q_last,
                          chunks, q_per_chunk);
 }
 """

@@ -203,8 +203,14 @@ def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr,
 
 @_jit
 def _rescale_add(ptrs, mask, alpha, d, first):
-    """X <- alpha X + d; on a work item's first tile X <- d (the buffer may hold poison)."""
+    """X <- alpha X + d; on a work item's first tile X <- d (the buffer may hold poison).
+
+    Triton may replicate an element across threads of different warps. Every copy
+    reads before any copy writes (the barrier), so the copies write the same value;
+    without it a late reader would add d twice.
+    """
     old = tl.load(ptrs, mask=mask, other=0.0)
+    tl.debug_barrier()
     tl.store(ptrs, tl.where(first, d, alpha * old + d), mask=mask)
 
 
