@@ -286,11 +286,12 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_fused(
 
 
 @functools.cache
-def _kernels(hidden: int, arch: str):
-    """(forward, fused) RawKernels for this hidden size, compiled once per process and device arch."""
+def _kernels(padded_hidden: int, arch: str):
+    """(forward, fused) RawKernels whose register arrays hold `padded_hidden` (a multiple of 32)
+    hidden units, compiled once per process and device arch."""
     import cupy
 
-    module = cupy.RawModule(code=SOURCE, options=("-std=c++17", f"-arch={arch}", f"-Dhidden={hidden}"))
+    module = cupy.RawModule(code=SOURCE, options=("-std=c++17", f"-arch={arch}", f"-DHP={padded_hidden}"))
     return module.get_function("sick_bide_forward"), module.get_function("sick_bide_fused")
 
 

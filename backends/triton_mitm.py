@@ -216,15 +216,20 @@ def _rescale_add(ptrs, mask, alpha, d, first):
 
 @_jit
 def _fold(acc_ptr, d_ptr, h0, H, n_bits, col0, n_cols, K, HB: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr):
-    """D[h, col0 + j] = sum_k acc[h, k] b_kj for j < n_cols, hidden units h0..h0+HB, codes in KB chunks."""
+    """D[h, col0 + j] = sum_k acc[h, k] b_kj for j < n_cols, hidden units h0..h0+HB, codes in KB chunks.
+
+    An explicit IEEE dot: written as a broadcast product summed over k, Triton turns the
+    pattern into a dot itself, in TF32, which loses 11 bits.
+    """
     offs_h = h0 + tl.arange(0, HB)
     j = tl.arange(0, NB)
     d = tl.zeros([HB, NB], tl.float32)
     for k0 in range(0, K, KB):
         k = k0 + tl.arange(0, KB)
-        g = tl.load(acc_ptr + offs_h[:, None] * K + k[None, :], mask=offs_h[:, None] < H, other=0.0)   # [HB, KB]
+        g = tl.load(acc_ptr + offs_h[:, None] * K + k[None, :], mask=(offs_h[:, None] < H) & (k[None, :] < K),
+                    other=0.0)                                                                          # [HB, KB]
         b = tl.where((k[:, None] >> j[None, :]) & 1 == 1, 1.0, -1.0)                                   # [KB, NB]
-        d += tl.sum(g[:, :, None] * b[None, :, :], axis=1)
+        d += tl.dot(g, b, input_precision="ieee")
     tl.store(d_ptr + offs_h[:, None] * n_bits + col0 + j[None, :], d,
              mask=(offs_h[:, None] < H) & (j[None, :] < n_cols))
 
@@ -234,7 +239,7 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
                   H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
                   chunks, tiles_per_chunk, n_items,
                   HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr,
-                  N_LO: tl.constexpr, N_MID: tl.constexpr, N_TOP: tl.constexpr):
+                  N_TOP: tl.constexpr):
     """For each work item (row, chunk): (m, s, D [H, n]) over the chunk's tiles, written at item.
 
     Per tile and hidden unit the two marginals of A are staged in scratch (stores only);
@@ -292,8 +297,8 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
                              h_ok & (j_top[None, :] < n_top), alpha, d_top, first)
         tl.debug_barrier()
         for h0 in range(0, H, HB):
-            _fold(acc_lo, d_item, h0, H, n_bits, 0, n_lo, BLOCK_LO, HB, 16, N_LO)
-            _fold(acc_mid, d_item, h0, H, n_bits, n_lo, n_mid, BLOCK_MID, HB, 16, N_MID)
+            _fold(acc_lo, d_item, h0, H, n_bits, 0, n_lo, BLOCK_LO, HB, 16, 16)
+            _fold(acc_mid, d_item, h0, H, n_bits, n_lo, n_mid, BLOCK_MID, HB, 16, 16)
         tl.store(m_ptr + item, m * 0.6931471805599453)
         tl.store(s_ptr + item, s)
 
@@ -356,7 +361,7 @@ def partial_state(
     else:
         d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=torch.float32, device=W.device)
         _fused_kernel[grid](*args, d_ws, *sizes, **blocks,
-                            N_LO=_pow2(lo_bits), N_MID=_pow2(mid_bits), N_TOP=32)
+                            N_TOP=32)
     if not direct:
         m = m_ws.amax(1)
         scale = torch.where(m_ws == -math.inf, 0.0, torch.exp(m_ws - m[:, None]))   # [B, chunks]
