@@ -153,22 +153,27 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
         const bool interior = p_ok && qb >= qa && qb + QB <= q_end
                               && (qb << n_lo) >= k_start && ((qb + QB) << n_lo) <= k_stop;
         #pragma unroll
-        for (int qq = 0; qq < QB; ++qq) {
-            float acc = rq_s[qq];
-            const float4* row4 = reinterpret_cast<const float4*>(qhi_s[qq]);
+        for (int qq = 0; qq < QB; qq += 4) {           // four independent fma chains for the latency
+            float a0 = rq_s[qq], a1 = rq_s[qq + 1], a2 = rq_s[qq + 2], a3 = rq_s[qq + 3];
+            const float4 *r0 = reinterpret_cast<const float4*>(qhi_s[qq]), *r1 = r0 + HP / 4;
+            const float4 *r2 = r1 + HP / 4, *r3 = r2 + HP / 4;
             #pragma unroll
             for (int h4 = 0; h4 < HP / 4; ++h4) {
-                const float4 b = row4[h4];
-                acc = fmaf(sg[4 * h4 + 0], fmaxf(qlo[4 * h4 + 0], b.x), acc);
-                acc = fmaf(sg[4 * h4 + 1], fmaxf(qlo[4 * h4 + 1], b.y), acc);
-                acc = fmaf(sg[4 * h4 + 2], fmaxf(qlo[4 * h4 + 2], b.z), acc);
-                acc = fmaf(sg[4 * h4 + 3], fmaxf(qlo[4 * h4 + 3], b.w), acc);
+                const float4 b0 = r0[h4], b1 = r1[h4], b2 = r2[h4], b3 = r3[h4];
+                #define SB_STEP(c, h) \
+                    a0 = fmaf(sg[h], fmaxf(qlo[h], b0.c), a0); a1 = fmaf(sg[h], fmaxf(qlo[h], b1.c), a1); \
+                    a2 = fmaf(sg[h], fmaxf(qlo[h], b2.c), a2); a3 = fmaf(sg[h], fmaxf(qlo[h], b3.c), a3);
+                SB_STEP(x, 4 * h4) SB_STEP(y, 4 * h4 + 1) SB_STEP(z, 4 * h4 + 2) SB_STEP(w, 4 * h4 + 3)
+                #undef SB_STEP
             }
-            if (!interior) {
+            l[qq] = a0; l[qq + 1] = a1; l[qq + 2] = a2; l[qq + 3] = a3;
+        }
+        if (!interior) {
+            #pragma unroll
+            for (int qq = 0; qq < QB; ++qq) {
                 const long long q = qb + qq, k = (q << n_lo) + p;
-                if (!p_ok || q < qa || q >= q_end || k < k_start || k >= k_stop) acc = NEG_INF;
+                if (!p_ok || q < qa || q >= q_end || k < k_start || k >= k_stop) l[qq] = NEG_INF;
             }
-            l[qq] = acc;
         }
         float mb = NEG_INF;
         #pragma unroll
@@ -205,9 +210,13 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
                         tr_s[warp][lane][hh] = a;
                     }
                     __syncwarp();
-                    float col = 0.f;                   // lane hh: A summed over the warp's 32 lo codes
+                    float c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;   // lane hh: A over the warp's 32 lo codes
                     #pragma unroll
-                    for (int i = 0; i < 32; ++i) col += tr_s[warp][i][lane];
+                    for (int i = 0; i < 32; i += 4) {
+                        c0 += tr_s[warp][i][lane]; c1 += tr_s[warp][i + 1][lane];
+                        c2 += tr_s[warp][i + 2][lane]; c3 += tr_s[warp][i + 3][lane];
+                    }
+                    const float col = (c0 + c1) + (c2 + c3);
                     __syncwarp();
                     #pragma unroll
                     for (int j = 0; j < NHI_MAX; ++j)
