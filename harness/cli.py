@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,15 +53,32 @@ def main(
     sizes: Sequence[str] | None = None,
     repeats: int = 3,
     json_path: str | None = None,
+    grid: str | None = None,
+    out: str | None = None,
     stream=sys.stdout,
 ) -> int:
-    """Run a command; returns the process exit code (1 if any verification failed)."""
+    """Run a command; returns the process exit code (1 if any verification failed).
+
+    run: verification, then the benchmark sweep of `grid` (default: "gpu" on CUDA, "cpu"
+    otherwise), then the HTML report, all under `out` (default results/<date-time>/).
+    verify: the verification table only. list: problems, backends, availability.
+    """
     if command == "list":
         list_backends(stream)
         return 0
     if command not in ("run", "verify"):
         raise ValueError(f"unknown command {command!r}; commands: run, verify, list")
     device = device or default_device()
+    out_dir = Path(out or Path("results") / time.strftime("%Y%m%d-%H%M%S"))
+    if command == "run" and json_path is None:
+        json_path = str(out_dir / "verify.json")
+    failed = _verify(device, problems, backends, dtypes, cases, sizes, repeats, json_path, stream)
+    if command == "verify":
+        return 1 if failed else 0
+    return _sweep_and_report(device, problems, backends, grid, out_dir, stream) or (1 if failed else 0)
+
+
+def _verify(device, problems, backends, dtypes, cases, sizes, repeats, json_path, stream) -> int:
     torch_dtypes = [getattr(torch, d) for d in dtypes] if dtypes else None
     print(f"# verification on {device}: every backend against the float64 oracle "
           f"(err/bound < 1 passes; harness/tolerance.py)", file=stream)
@@ -84,7 +103,29 @@ def main(
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(json_path).write_text(json.dumps(rows, indent=1, default=str))
         print(f"# rows written to {json_path}", file=stream)
-    return 1 if failed else 0
+    return len(failed)
+
+
+def _sweep_and_report(device, problems, backends, grid, out_dir: Path, stream) -> int:
+    from harness import ceiling, sweep
+
+    grid = grid or os.environ.get("FUSEDBENCH_GRID") or ("gpu" if torch.device(device).type == "cuda" else "cpu")
+    if grid not in sweep.GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; grids: {sorted(sweep.GRIDS)}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"command": " ".join(["python -m harness", *sys.argv[1:]]), "device": device, "grid": grid,
+            "ceiling": ceiling.fmnmx_fadd_per_second(device)}
+    (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
+    print(f"# sweep: grid {grid!r} on {device}, rows appended to {out_dir / 'sweep.jsonl'}", file=stream, flush=True)
+    sweep.run(device=device, grid=sweep.GRIDS[grid], out_path=out_dir / "sweep.jsonl", problems=problems,
+              backends=backends, progress=lambda line: print(line, file=stream, flush=True))
+    try:
+        from reports import html
+    except ImportError as exc:
+        print(f"# no report: {exc} (install the 'report' extra: pandas, matplotlib)", file=stream)
+        return 1
+    print(f"# report: {html.build(out_dir)}", file=stream)
+    return 0
 
 
 def run_cli(argv: Sequence[str] | None = None) -> int:
@@ -93,17 +134,19 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         description="Verify and benchmark fused-loss backends against a float64 reference.",
     )
     parser.add_argument("command", nargs="?", default="run", choices=["run", "verify", "list"],
-                        help="run: the main job (default); verify: the verification table; "
-                             "list: problems, backends and availability")
+                        help="run: the main job (default): verify, sweep, HTML report; "
+                             "verify: the verification table; list: problems, backends and availability")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--problem", action="append", dest="problems", help="repeatable")
     parser.add_argument("--backend", action="append", dest="backends", help="repeatable")
     parser.add_argument("--dtype", action="append", dest="dtypes",
-                        choices=["float64", "float32", "float16", "bfloat16"], help="repeatable")
+                        choices=["float64", "float32", "float16", "bfloat16"], help="verification dtypes, repeatable")
     parser.add_argument("--case", action="append", dest="cases", help="size-class label, repeatable")
     parser.add_argument("--sizes", action="append",
-                        help="an extra case, e.g. batch=64,hidden=32,n_bits=16 (repeatable)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed calls per cell (median reported)")
-    parser.add_argument("--json", dest="json_path", help="also write the rows as JSON here")
+                        help="an extra verification case, e.g. batch=64,hidden=32,n_bits=16 (repeatable)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per verification cell")
+    parser.add_argument("--json", dest="json_path", help="also write the verification rows as JSON here")
+    parser.add_argument("--grid", help="sweep grid for run: cpu, gpu, smoke (default: $FUSEDBENCH_GRID or by device)")
+    parser.add_argument("--out", help="results directory for run (default: results/<date-time>)")
     args = parser.parse_args(argv)
     return main(**vars(args))

@@ -1,0 +1,184 @@
+"""Benchmark sweeps: every runnable backend variant over a grid of sizes, dtypes and modes.
+
+Within one cell (sizes, dtype, mode) the variants run interleaved, A B C A B C ..., so
+that clock drift and thermal state hit all of them alike; each sample is one call,
+timed with CUDA events around it after the L2 cache is flushed (a 256 MiB write), or
+with perf_counter on the CPU. A variant whose warm-up call (compilation included) takes longer than the grid's
+max_call_s is recorded as "slow" and not timed, so a baseline cannot stall a sweep.
+A row per (cell, variant) records the median and the
+20th/80th percentiles, peak memory, the rate in the problem's work units per second,
+and everything needed to trust or reproduce it: timing method, cache state, device,
+versions, git commit. Cells a variant cannot run are rows with the reason. Rows are
+appended to a JSON-lines file as they finish, so an interrupted sweep keeps its work.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from harness import measure, registry
+from harness.errors import UnsupportedError
+
+# The default grids: the CPU one finishes in a few minutes on two cores, the GPU one
+# covers the sizes kernels are designed for (smaller batches at larger n, where the
+# reference materialisation stops fitting and the table shows it).
+GRIDS: dict[str, dict[str, Any]] = {
+    "cpu": {"n_bits": [8, 12, 14], "batch": [1, 64], "hidden": [32], "dtype": ["float32"],
+            "mode": ["forward", "backward"], "rounds": 3, "max_call_s": 5.0},
+    "gpu": {"n_bits": [8, 12, 16, 20, 24], "batch": [1, 64, 1024, 16384], "hidden": [32],
+            "dtype": ["float32", "bfloat16"], "mode": ["forward", "backward"], "rounds": 5,
+            "max_work": 2**36, "max_call_s": 1.0},
+    "smoke": {"n_bits": [4], "batch": [3], "hidden": [5], "dtype": ["float32"], "mode": ["forward", "backward"],
+              "rounds": 2},
+}
+
+
+def environment(device: str) -> dict[str, Any]:
+    """What a result row needs to be compared with another: device, versions, commit."""
+    env = {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node()}
+    for module in ("triton", "cupy"):
+        try:
+            env[module] = __import__(module).__version__
+        except ImportError:
+            env[module] = None
+    if torch.device(device).type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        env.update(device_name=props.name, sms=props.multi_processor_count,
+                   memory_gib=round(props.total_memory / 2**30, 1))
+        try:
+            smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.max.sm",
+                                  "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+            env["driver"], env["sm_clock"], env["sm_clock_max"] = (x.strip() for x in smi.stdout.split(",")[:3])
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            pass
+    else:
+        env["device_name"] = platform.processor() or platform.machine()
+        env["threads"] = torch.get_num_threads()
+    try:
+        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                       cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        env["commit"] = None
+    return env
+
+
+def cells(grid: Mapping[str, Any]) -> Iterable[tuple[dict[str, int], str, str]]:
+    """(sizes, dtype, mode) for every grid point, skipping sizes over the grid's work cap."""
+    for n_bits, batch, hidden, dtype, mode in itertools.product(
+        grid["n_bits"], grid["batch"], grid["hidden"], grid["dtype"], grid["mode"]
+    ):
+        if batch * 2**n_bits * hidden > grid.get("max_work", float("inf")):
+            continue
+        yield {"batch": batch, "hidden": hidden, "n_bits": n_bits}, dtype, mode
+
+
+class L2Flush:
+    """Writes a 256 MiB buffer before each CUDA sample so that inputs come from memory, not L2."""
+
+    def __init__(self, device: torch.device):
+        self.buffer = torch.empty(64 * 2**20, dtype=torch.float32, device=device) if device.type == "cuda" else None
+
+    def __call__(self) -> None:
+        if self.buffer is not None:
+            self.buffer.zero_()
+
+
+def sample(fn: Callable[[], Any], device: torch.device, flush: L2Flush) -> float:
+    """Seconds for one call of fn, L2 flushed first; CUDA events on CUDA, perf_counter otherwise."""
+    flush()
+    if device.type == "cuda":
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        return start.elapsed_time(stop) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def percentile(samples: Sequence[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run(
+    *,
+    device: str,
+    grid: Mapping[str, Any],
+    out_path: str | Path,
+    problems: Sequence[str] | None = None,
+    backends: Sequence[str] | None = None,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Sweep `grid` on `device`; append one JSON row per (cell, variant) to out_path; return the rows."""
+    dev = torch.device(device)
+    env = environment(device)
+    flush = L2Flush(dev)
+    method = "cuda-events, L2 flushed" if dev.type == "cuda" else "perf_counter"
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    rows: list[dict[str, Any]] = []
+    chosen = [registry.problem(p) for p in problems] if problems else registry.problems()
+    todo = [(p, c) for p in chosen for c in cells(grid)]
+    for index, (problem, (sizes, dtype_name, mode)) in enumerate(todo, 1):
+        dtype = getattr(torch, dtype_name)
+        cell = {"problem": problem.name, **sizes, "dtype": dtype_name, "mode": mode, "device": dev.type}
+        inputs = problem.make_inputs(sizes, dtype, device, seed)
+        runnable, cell_rows = [], []
+        for backend, config in registry.variants(problem.name):
+            if backends and backend.name not in backends:
+                continue
+            row = {**cell, "backend": backend.name, "config": config,
+                   "variant": registry.variant_name(backend, config)}
+            try:
+                registry.check_runnable(backend, config, sizes, dtype, device)
+                fn = problem.prepare(backend, config, inputs, mode)
+                warm = sample(fn, dev, flush)         # warm-up: compilation, caches, autotuning
+                if warm > grid.get("max_call_s", float("inf")):
+                    row |= {"status": "slow", "reason": f"warm-up call took {warm:.3g} s, over the grid's "
+                                                        f"max_call_s = {grid['max_call_s']:g} s"}
+                else:
+                    runnable.append((row, fn))
+            except UnsupportedError as exc:
+                row |= {"status": "unsupported", "reason": str(exc)}
+            except torch.OutOfMemoryError as exc:
+                row |= {"status": "oom", "reason": str(exc).splitlines()[0]}
+                torch.cuda.empty_cache()
+            cell_rows.append(row)
+        samples: dict[int, list[float]] = {id(row): [] for row, _ in runnable}
+        for _ in range(grid.get("rounds", 3)):
+            for row, fn in runnable:
+                samples[id(row)].append(sample(fn, dev, flush))
+        for row, fn in runnable:
+            times = samples[id(row)]
+            median = statistics.median(times)
+            row |= {"status": "ok", "time_s": median, "time_p20_s": percentile(times, 0.2),
+                    "time_p80_s": percentile(times, 0.8), "samples_s": times, "rounds": len(times),
+                    "peak_bytes": measure.peak_memory(fn, device),
+                    "rate": problem.work(sizes) / median, "work": problem.work(sizes),
+                    "work_unit": problem.work_unit}
+        for row in cell_rows:
+            row |= {"timing_method": method, "cache": "cold L2" if dev.type == "cuda" else "warm",
+                    "env": env, "timestamp": time.time()}
+            with out_path.open("a") as stream:
+                stream.write(json.dumps(row, default=str) + "\n")
+            rows.append(row)
+        if progress:
+            done = ", ".join(f"{r['variant']} {1e3 * r['time_s']:.3g} ms" if r["status"] == "ok"
+                             else f"{r['variant']} {r['status']}" for r in cell_rows)
+            shape = ",".join(f"{k}={v}" for k, v in sizes.items())
+            progress(f"[{index}/{len(todo)}] {problem.name} {shape} {dtype_name} {mode}: {done}")
+    return rows
