@@ -3,8 +3,9 @@
 Within one cell (sizes, dtype, mode) the variants run interleaved, A B C A B C ..., so
 that clock drift and thermal state hit all of them alike; each sample is one call,
 timed with CUDA events around it after the L2 cache is flushed (a 256 MiB write), or
-with perf_counter on the CPU. A variant whose warm-up call (compilation included) takes longer than the grid's
-max_call_s is recorded as "slow" and not timed, so a baseline cannot stall a sweep.
+with perf_counter on the CPU. A variant whose call (after a warm-up call that pays for compilation) takes longer than
+the grid's max_call_s is recorded as "slow" and not timed, nor tried again at more work,
+so a baseline cannot stall a sweep.
 A row per (cell, variant) records the median and the
 20th/80th percentiles, peak memory, the rate in the problem's work units per second,
 and everything needed to trust or reproduce it: timing method, cache state, device,
@@ -113,6 +114,10 @@ def percentile(samples: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+class _Slow(Exception):
+    pass
+
+
 def run(
     *,
     device: str,
@@ -133,6 +138,7 @@ def run(
     rows: list[dict[str, Any]] = []
     chosen = [registry.problem(p) for p in problems] if problems else registry.problems()
     todo = [(p, c) for p in chosen for c in cells(grid)]
+    too_slow: dict[tuple[str, str, str], float] = {}   # (variant, dtype, mode) -> least work found too slow
     for index, (problem, (sizes, dtype_name, mode)) in enumerate(todo, 1):
         dtype = getattr(torch, dtype_name)
         cell = {"problem": problem.name, **sizes, "dtype": dtype_name, "mode": mode, "device": dev.type}
@@ -145,13 +151,18 @@ def run(
                    "variant": registry.variant_name(backend, config)}
             try:
                 registry.check_runnable(backend, config, sizes, dtype, device)
+                slow_key = (row["variant"], dtype_name, mode)
+                if problem.work(sizes) >= too_slow.get(slow_key, float("inf")):
+                    raise _Slow(f"slower than max_call_s = {grid['max_call_s']:g} s at less work in this sweep")
                 fn = problem.prepare(backend, config, inputs, mode)
-                warm = sample(fn, dev, flush)         # warm-up: compilation, caches, autotuning
+                fn()                                   # warm-up: compilation, caches, autotuning
+                warm = sample(fn, dev, flush)
                 if warm > grid.get("max_call_s", float("inf")):
-                    row |= {"status": "slow", "reason": f"warm-up call took {warm:.3g} s, over the grid's "
-                                                        f"max_call_s = {grid['max_call_s']:g} s"}
-                else:
-                    runnable.append((row, fn))
+                    too_slow[slow_key] = min(too_slow.get(slow_key, float("inf")), problem.work(sizes))
+                    raise _Slow(f"a call took {warm:.3g} s, over the grid's max_call_s = {grid['max_call_s']:g} s")
+                runnable.append((row, fn))
+            except _Slow as exc:
+                row |= {"status": "slow", "reason": str(exc)}
             except UnsupportedError as exc:
                 row |= {"status": "unsupported", "reason": str(exc)}
             except torch.OutOfMemoryError as exc:
