@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -113,7 +114,7 @@ def _sweep_and_report(device, problems, backends, grid, out_dir: Path, stream) -
     if grid not in sweep.GRIDS:
         raise ValueError(f"unknown grid {grid!r}; grids: {sorted(sweep.GRIDS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"command": " ".join(["python -m harness", *sys.argv[1:]]), "device": device, "grid": grid,
+    meta = {"command": "python -m harness " + shlex.join(sys.argv[1:]), "device": device, "grid": grid,
             "ceiling": ceiling.fmnmx_fadd_per_second(device)}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     print(f"# sweep: grid {grid!r} on {device}, rows appended to {out_dir / 'sweep.jsonl'}", file=stream, flush=True)
