@@ -3,7 +3,8 @@
 On CUDA a call is timed with events around it on the current stream (device
 time, launch gaps included), after warm-up; on the CPU with perf_counter. Peak
 memory on CUDA is torch's allocator high-water mark above the memory already
-held when the call starts; on the CPU (Linux) it is the process's peak resident
+held when the call starts, plus whatever CuPy's memory pool grew by (backends
+that allocate through CuPy would otherwise be invisible); on the CPU (Linux) it is the process's peak resident
 set size above its size at the start, reset through /proc/self/clear_refs, so
 it counts every allocation, torch's or not, at page granularity.
 """
@@ -14,6 +15,7 @@ import contextlib
 import ctypes
 import re
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -80,6 +82,12 @@ def _rss_kib() -> tuple[int, int] | None:
     return (int(rss.group(1)), int(hwm.group(1))) if rss and hwm else None
 
 
+def _cupy_pool_bytes() -> int:
+    """Bytes CuPy's default device pool holds, if CuPy is already in use (never imports it)."""
+    cupy = sys.modules.get("cupy")
+    return int(cupy.get_default_memory_pool().total_bytes()) if cupy is not None else 0
+
+
 def _release_free_heap() -> None:
     """Return freed heap pages to the OS (glibc malloc_trim) so that reuse is not invisible."""
     with contextlib.suppress(OSError, AttributeError):
@@ -93,9 +101,11 @@ def peak_memory(fn: Callable[[], Any], device: str | torch.device) -> int | None
         _sync(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
+        pool_before = _cupy_pool_bytes()
         fn()
         _sync(device)
-        return torch.cuda.max_memory_allocated(device) - before
+        # CuPy allocates from its own pool, invisible to torch's counters: add what the pool grew by.
+        return torch.cuda.max_memory_allocated(device) - before + max(0, _cupy_pool_bytes() - pool_before)
     _release_free_heap()
     try:
         with open("/proc/self/clear_refs", "w") as clear:
