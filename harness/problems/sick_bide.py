@@ -269,9 +269,8 @@ class _FusedNLL(torch.autograd.Function):
     """nll and lse from one partial state; the gradient sums come from the forward pass."""
 
     @staticmethod
-    def forward(ctx, W, r, targets, backend, options, want_grad, all_finite):
-        n_bits = W.shape[2]
-        state = _run_partial_state(backend, options, W, r, 0, 1 << n_bits, want_grad)
+    def forward(ctx, W, r, targets, state_fn, want_grad, all_finite):
+        state = state_fn(W, r, want_grad)
         acc = state.m.dtype
         W_acc, r_acc = W.to(acc), r.to(acc)
         _, _, l_y = _target_terms(W_acc, r_acc, targets)
@@ -296,7 +295,7 @@ class _FusedNLL(torch.autograd.Function):
         return (
             dW.to(dtype) if ctx.needs_input_grad[0] else None,
             dr.to(dtype) if ctx.needs_input_grad[1] else None,
-            None, None, None, None, None,
+            None, None, None, None,
         )
 
 
@@ -351,11 +350,20 @@ def loss(
     return _loss(W, r, targets, _validate(W, r, targets), backend, config, options)
 
 
-def _loss(W, r, targets, validated, backend, config, options) -> tuple[Tensor, Tensor]:
-    """loss() after validation: (sizes, all_finite) = validated."""
+def _loss(W, r, targets, validated, backend, config, options, codes=None, combine=None) -> tuple[Tensor, Tensor]:
+    """loss() after validation: (sizes, all_finite) = validated.
+
+    codes = (k_start, k_stop) restricts this call's kernel to a range of codes, and
+    combine(state) -> state turns that partial state into the whole range's (an
+    all-reduce across ranks: harness/distributed.py). Default: the whole range, as is.
+    """
     sizes, all_finite = validated
     want_grad = torch.is_grad_enabled() and (W.requires_grad or r.requires_grad)
-    chosen = resolve(backend, config, sizes, W.dtype, W.device, frozenset({"grad"} if want_grad else ()))
+    needs = {"grad"} if want_grad else set()
+    k_start, k_stop = codes or (0, 1 << sizes["n_bits"])
+    if (k_start, k_stop) != (0, 1 << sizes["n_bits"]):
+        needs.add("k_ranges")
+    chosen = resolve(backend, config, sizes, W.dtype, W.device, frozenset(needs))
     targets_2d = targets.long().reshape(sizes["batch"], sizes["targets_per_row"])
     if sizes["batch"] == 0:
         acc = acc_dtype(W.dtype)
@@ -363,14 +371,18 @@ def _loss(W, r, targets, validated, backend, config, options) -> tuple[Tensor, T
         # Keep W and r in the graph so that backward on an empty batch gives empty gradients.
         return nll + 0 * W.sum() + 0 * r.sum(), lse + 0 * W.sum()
     options = _options(chosen, config, options)
-    if "loss" in chosen.kernels:
+    if codes is None and combine is None and "loss" in chosen.kernels:
         bad = _bad_rows(W, r, all_finite)
         if want_grad and bad is not None:
             W, r = _NanRowsInGrad.apply(W, bad), _NanRowsInGrad.apply(r, bad)
         nll, lse = chosen.kernels["loss"](W, r, targets_2d, **options)
         nll, lse = _nan_rows(nll, bad), _nan_rows(lse, bad)
     else:
-        nll, lse = _FusedNLL.apply(W, r, targets_2d, chosen, options, want_grad, all_finite)
+        def state_fn(W, r, want_grad):
+            state = _run_partial_state(chosen, options, W, r, k_start, k_stop, want_grad)
+            return combine(state) if combine else state
+
+        nll, lse = _FusedNLL.apply(W, r, targets_2d, state_fn, want_grad, all_finite)
     return nll.reshape(targets.shape), lse
 
 
