@@ -15,6 +15,13 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (pytest -n N benchmarks --benchmark-only), pin worker gwI to GPU I mod count."""
+    worker = getattr(config, "workerinput", {}).get("workerid")
+    if worker and torch.cuda.is_available():
+        torch.cuda.set_device(int(worker.removeprefix("gw")) % torch.cuda.device_count())
+
+
 def pytest_benchmark_update_machine_info(config, machine_info):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     machine_info["fusedbench"] = sweep.environment(device)

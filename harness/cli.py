@@ -56,6 +56,8 @@ def main(
     json_path: str | None = None,
     grid: str | None = None,
     out: str | None = None,
+    gpus: int = 1,
+    shard: str | None = None,
     stream=sys.stdout,
 ) -> int:
     """Run a command; returns the process exit code (1 if any verification failed).
@@ -63,20 +65,31 @@ def main(
     run: verification, then the benchmark sweep of `grid` (default: "gpu" on CUDA, "cpu"
     otherwise), then the HTML report, all under `out` (default results/<date-time>/).
     verify: the verification table only. list: problems, backends, availability.
+    gpus > 1 spreads the sweep over that many GPUs, one worker process per GPU (the
+    `sweep` command with `shard` = "i/n"); the report merges their rows.
     """
     if command == "list":
         list_backends(stream)
         return 0
-    if command not in ("run", "verify"):
-        raise ValueError(f"unknown command {command!r}; commands: run, verify, list")
+    if command not in ("run", "verify", "sweep"):
+        raise ValueError(f"unknown command {command!r}; commands: run, verify, list, sweep")
     device = device or default_device()
     out_dir = Path(out or Path("results") / time.strftime("%Y%m%d-%H%M%S"))
+    if command == "sweep":   # one worker of a spread sweep
+        from harness import sweep
+
+        i, n = (int(x) for x in (shard or "0/1").split("/"))
+        grid_name = grid or os.environ.get("FUSEDBENCH_GRID") or ("gpu" if "cuda" in device else "cpu")
+        sweep.run(device=device, grid=sweep.GRIDS[grid_name], out_path=out_dir / f"sweep-{i}.jsonl",
+                  problems=problems, backends=backends, shard=(i, n),
+                  progress=lambda line: print(f"[worker {i}] {line}", file=stream, flush=True))
+        return 0
     if command == "run" and json_path is None:
         json_path = str(out_dir / "verify.json")
     failed = _verify(device, problems, backends, dtypes, cases, sizes, repeats, json_path, stream)
     if command == "verify":
         return 1 if failed else 0
-    return _sweep_and_report(device, problems, backends, grid, out_dir, stream) or (1 if failed else 0)
+    return _sweep_and_report(device, problems, backends, grid, out_dir, gpus, stream) or (1 if failed else 0)
 
 
 def _verify(device, problems, backends, dtypes, cases, sizes, repeats, json_path, stream) -> int:
@@ -107,7 +120,7 @@ def _verify(device, problems, backends, dtypes, cases, sizes, repeats, json_path
     return len(failed)
 
 
-def _sweep_and_report(device, problems, backends, grid, out_dir: Path, stream) -> int:
+def _sweep_and_report(device, problems, backends, grid, out_dir: Path, gpus: int, stream) -> int:
     from harness import ceiling, sweep
 
     grid = grid or os.environ.get("FUSEDBENCH_GRID") or ("gpu" if torch.device(device).type == "cuda" else "cpu")
@@ -117,9 +130,13 @@ def _sweep_and_report(device, problems, backends, grid, out_dir: Path, stream) -
     meta = {"command": "python -m harness " + shlex.join(sys.argv[1:]), "device": device, "grid": grid,
             "ceiling": ceiling.fmnmx_fadd_per_second(device)}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
-    print(f"# sweep: grid {grid!r} on {device}, rows appended to {out_dir / 'sweep.jsonl'}", file=stream, flush=True)
-    sweep.run(device=device, grid=sweep.GRIDS[grid], out_path=out_dir / "sweep.jsonl", problems=problems,
-              backends=backends, progress=lambda line: print(line, file=stream, flush=True))
+    if gpus > 1:
+        _spread(gpus, grid, out_dir, problems, backends, stream)
+    else:
+        print(f"# sweep: grid {grid!r} on {device}, rows appended to {out_dir / 'sweep.jsonl'}", file=stream,
+              flush=True)
+        sweep.run(device=device, grid=sweep.GRIDS[grid], out_path=out_dir / "sweep.jsonl", problems=problems,
+                  backends=backends, progress=lambda line: print(line, file=stream, flush=True))
     try:
         from reports import html
     except ImportError as exc:
@@ -129,12 +146,33 @@ def _sweep_and_report(device, problems, backends, grid, out_dir: Path, stream) -
     return 0
 
 
+def _spread(gpus: int, grid: str, out_dir: Path, problems, backends, stream) -> None:
+    """One `sweep` worker process per GPU (CUDA_VISIBLE_DEVICES pins it), each on every gpus-th cell."""
+    import subprocess
+
+    if gpus > torch.cuda.device_count():
+        raise ValueError(f"gpus={gpus} but {torch.cuda.device_count()} CUDA devices are visible")
+    print(f"# sweep: grid {grid!r} spread over {gpus} GPUs, rows in {out_dir}/sweep-<i>.jsonl", file=stream,
+          flush=True)
+    extra = [arg for name in (problems or []) for arg in ("--problem", name)]
+    extra += [arg for name in (backends or []) for arg in ("--backend", name)]
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "harness", "sweep", "--device", "cuda", "--grid", grid,
+                          "--out", str(out_dir), "--shard", f"{i}/{gpus}", *extra],
+                         env={**os.environ, "CUDA_VISIBLE_DEVICES": str(i)})
+        for i in range(gpus)
+    ]
+    codes = [w.wait() for w in workers]
+    if any(codes):
+        print(f"# sweep workers exited with {codes}; the report shows what they finished", file=stream)
+
+
 def run_cli(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m harness",
         description="Verify and benchmark fused-loss backends against a float64 reference.",
     )
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "verify", "list"],
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "verify", "list", "sweep"],
                         help="run: the main job (default): verify, sweep, HTML report; "
                              "verify: the verification table; list: problems, backends and availability")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -149,5 +187,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", dest="json_path", help="also write the verification rows as JSON here")
     parser.add_argument("--grid", help="sweep grid for run: cpu, gpu, smoke (default: $FUSEDBENCH_GRID or by device)")
     parser.add_argument("--out", help="results directory for run (default: results/<date-time>)")
+    parser.add_argument("--gpus", type=int, default=1, help="spread the sweep over this many GPUs (run)")
+    parser.add_argument("--shard", help=argparse.SUPPRESS)   # i/n: the cells of one worker of a spread sweep
     args = parser.parse_args(argv)
     return main(**vars(args))

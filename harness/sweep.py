@@ -126,9 +126,13 @@ def run(
     problems: Sequence[str] | None = None,
     backends: Sequence[str] | None = None,
     seed: int = 0,
+    shard: tuple[int, int] = (0, 1),
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Sweep `grid` on `device`; append one JSON row per (cell, variant) to out_path; return the rows."""
+    """Sweep `grid` on `device`; append one JSON row per (cell, variant) to out_path; return the rows.
+
+    shard = (i, n) keeps every n-th cell starting at i: n workers (one per GPU) cover the grid once.
+    """
     dev = torch.device(device)
     env = environment(device)
     flush = L2Flush(dev)
@@ -137,7 +141,7 @@ def run(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     chosen = [registry.problem(p) for p in problems] if problems else registry.problems()
-    todo = [(p, c) for p in chosen for c in cells(grid)]
+    todo = [(p, c) for p in chosen for c in cells(grid)][shard[0]::shard[1]]
     too_slow: dict[tuple[str, str, str], float] = {}   # (variant, dtype, mode) -> least work found too slow
     for index, (problem, (sizes, dtype_name, mode)) in enumerate(todo, 1):
         dtype = getattr(torch, dtype_name)

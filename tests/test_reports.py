@@ -99,3 +99,13 @@ def test_compare_flags_only_significant_regressions(tmp_path):
     assert (table["ci lo"] > 1).all()
     _, code = compare.compare(base, _rows(tmp_path / "slightly.jsonl", 1.15, 0.01), threshold=1.2)
     assert code == 0   # significant but under the threshold
+
+
+def test_shards_cover_the_grid_once(tmp_path):
+    grid = dict(sweep.GRIDS["smoke"], n_bits=[3, 4, 5])
+    every = [(r["n_bits"], r["mode"]) for r in sweep.run(device="cpu", grid=grid, out_path=tmp_path / "all.jsonl",
+                                                         backends=["reference"])]
+    parts = [sweep.run(device="cpu", grid=grid, out_path=tmp_path / f"sweep-{i}.jsonl", backends=["reference"],
+                       shard=(i, 2)) for i in range(2)]
+    assert sorted((r["n_bits"], r["mode"]) for part in parts for r in part) == sorted(every)
+    assert len(load.sweep_rows(tmp_path)) == len(every)   # all.jsonl and the shards: the same cells, kept once
