@@ -44,10 +44,11 @@ def sweep_rows(directory: str | Path) -> pd.DataFrame:
         return frame
     # The same cell measured twice (the main job's sweep and a pytest-benchmark run): keep the later.
     frame = frame.drop_duplicates(subset=[c for c in [*CELL, "variant"] if c in frame], keep="last")
+    frame = frame.reset_index(drop=True)
     if "env" in frame:
-        env = pd.json_normalize(frame["env"].apply(lambda e: e if isinstance(e, dict) else {}))
+        env = pd.json_normalize(frame["env"].apply(lambda e: e if isinstance(e, dict) else {}).tolist())
         env.columns = [f"env.{c}" for c in env.columns]
-        frame = pd.concat([frame.drop(columns=["env"]).reset_index(drop=True), env], axis=1)
+        frame = pd.concat([frame.drop(columns=["env"]), env], axis=1)
     return frame
 
 
