@@ -5,8 +5,9 @@
 For each n: rank 0 runs the loss alone (1 GPU) while the others wait, then every rank
 runs its shard (harness/distributed.py); both are timed as whole calls (forward; forward +
 backward) with CUDA events and a barrier on each side, medians of --repeats. Rank 0
-checks that the sharded nll, lse, dW and dr equal the 1-GPU ones within float32
-rounding and prints the table: times, speedup, and efficiency = t1 / (world x tN).
+prints the table: times, speedup, efficiency = t1 / (world x tN), and the largest
+relative difference between the sharded and the 1-GPU nll, lse, dW, dr (two float32
+summation orders over 2^n codes; above 1e-2 it stops, as that is a bug, not rounding).
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def main() -> None:
     if rank == 0:
         print(f"# {world} x {torch.cuda.get_device_name()}, backend {args.backend}, batch {args.batch}, "
               f"hidden {args.hidden}")
-        print(f"{'n':>3} {'mode':>14} {'1 GPU ms':>10} {f'{world} GPUs ms':>11} {'speedup':>8} {'efficiency':>10}")
+        print(f"{'n':>3} {'mode':>16} {'1 GPU ms':>10} {f'{world} GPUs ms':>11} {'speedup':>8} {'efficiency':>10} "
+              f"{'max rel diff':>12}")
     for n_bits in args.n_bits:
         sizes = {"batch": args.batch, "hidden": args.hidden, "n_bits": n_bits}
         inputs = make_inputs(sizes, torch.float32, "cuda", seed=0)
@@ -69,15 +71,18 @@ def main() -> None:
 
             single = run(False) if rank == 0 else None     # warm-up, and the result to compare with
             sharded = run(True)
+            diff = 0.0
             if rank == 0:
                 for a, b in zip(single, sharded, strict=True):
                     if a is not None:
-                        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5)
+                        diff = max(diff, float(((b - a).abs() / a.abs().clamp_min(1e-3 * a.abs().max())).max()))
+                if diff > 1e-2:
+                    raise SystemExit(f"n={n_bits} {mode}: sharded and 1-GPU results differ by {diff:.3g} (relative)")
             t1 = timed(lambda: run(False) if rank == 0 else None, args.repeats)
             tn = timed(lambda: run(True), args.repeats)
             if rank == 0:
-                print(f"{n_bits:>3} {mode:>14} {t1:>10.2f} {tn:>11.2f} {t1 / tn:>8.2f} {t1 / (world * tn):>10.2f}",
-                      flush=True)
+                print(f"{n_bits:>3} {mode:>16} {t1:>10.2f} {tn:>11.2f} {t1 / tn:>8.2f} {t1 / (world * tn):>10.2f} "
+                      f"{diff:>12.2e}", flush=True)
     dist.destroy_process_group()
 
 
