@@ -276,7 +276,10 @@ __device__ void sick_bide_item(const float* __restrict__ W, const float* __restr
     }
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_forward(
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1
+#endif
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) sick_bide_forward(
     const float* W, const float* r, float* m_out, float* s_out, int n_hidden, int n_bits, int n_lo,
     long long k_start, long long k_stop, long long q_first, long long q_last, int chunks, long long q_per_chunk)
 {
@@ -284,7 +287,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_forward(
                           chunks, q_per_chunk);
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_fused(
+extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) sick_bide_fused(
     const float* W, const float* r, float* m_out, float* s_out, float* d_out, int n_hidden, int n_bits, int n_lo,
     long long k_start, long long k_stop, long long q_first, long long q_last, int chunks, long long q_per_chunk)
 {
@@ -295,12 +298,14 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_fused(
 
 
 @functools.cache
-def _kernels(padded_hidden: int, arch: str):
+def _kernels(padded_hidden: int, arch: str, min_blocks: int):
     """(forward, fused) RawKernels whose register arrays hold `padded_hidden` (a multiple of 32)
-    hidden units, compiled once per process and device arch."""
+    hidden units, compiled once per process, device arch and occupancy request: min_blocks
+    blocks per SM caps the registers per thread (65536 / (128 min_blocks)) for more warps."""
     import cupy
 
-    module = cupy.RawModule(code=SOURCE, options=("-std=c++17", f"-arch={arch}", f"-DHP={padded_hidden}"))
+    options = ("-std=c++17", f"-arch={arch}", f"-DHP={padded_hidden}", f"-DMIN_BLOCKS={min_blocks}")
+    module = cupy.RawModule(code=SOURCE, options=options)
     return module.get_function("sick_bide_forward"), module.get_function("sick_bide_fused")
 
 
@@ -318,6 +323,7 @@ def partial_state(
     out: PartialState,
     *,
     blocks_per_sm: int = 4,
+    min_blocks: int = 1,
 ) -> None:
     import cupy
     import numpy as np
@@ -325,7 +331,7 @@ def partial_state(
     batch, hidden, n_bits = W.shape
     device = W.device.index if W.device.index is not None else torch.cuda.current_device()
     arch, sms = _device_facts(device)
-    forward, fused = _kernels(32 * math.ceil(hidden / 32), arch)
+    forward, fused = _kernels(32 * math.ceil(hidden / 32), arch, min_blocks)
     n_lo = min(n_bits, 7)
     q_first, q_last = k_start >> n_lo, (k_stop - 1) >> n_lo
     batches = (q_last >> 5) - (q_first >> 5) + 1
