@@ -298,15 +298,14 @@ extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) sick_bide_fuse
 
 
 @functools.cache
-def _kernels(padded_hidden: int, arch: str, min_blocks: int):
-    """(forward, fused) RawKernels whose register arrays hold `padded_hidden` (a multiple of 32)
-    hidden units, compiled once per process, device arch and occupancy request: min_blocks
-    blocks per SM caps the registers per thread (65536 / (128 min_blocks)) for more warps."""
+def _kernel(name: str, padded_hidden: int, arch: str, min_blocks: int):
+    """The RawKernel `name` with register arrays for `padded_hidden` (a multiple of 32) hidden
+    units, compiled once per process, device arch and occupancy request: min_blocks blocks per
+    SM caps the registers per thread at 65536 / (128 min_blocks), trading a few spills for warps."""
     import cupy
 
     options = ("-std=c++17", f"-arch={arch}", f"-DHP={padded_hidden}", f"-DMIN_BLOCKS={min_blocks}")
-    module = cupy.RawModule(code=SOURCE, options=options)
-    return module.get_function("sick_bide_forward"), module.get_function("sick_bide_fused")
+    return cupy.RawModule(code=SOURCE, options=options).get_function(name)
 
 
 @functools.cache
@@ -323,7 +322,8 @@ def partial_state(
     out: PartialState,
     *,
     blocks_per_sm: int = 4,
-    min_blocks: int = 1,
+    min_blocks: int = 6,
+    fused_min_blocks: int = 3,
 ) -> None:
     import cupy
     import numpy as np
@@ -331,7 +331,7 @@ def partial_state(
     batch, hidden, n_bits = W.shape
     device = W.device.index if W.device.index is not None else torch.cuda.current_device()
     arch, sms = _device_facts(device)
-    forward, fused = _kernels(32 * math.ceil(hidden / 32), arch, min_blocks)
+    padded = 32 * math.ceil(hidden / 32)
     n_lo = min(n_bits, 7)
     q_first, q_last = k_start >> n_lo, (k_stop - 1) >> n_lo
     batches = (q_last >> 5) - (q_first >> 5) + 1
@@ -349,10 +349,12 @@ def partial_state(
     with cupy.cuda.Device(device), stream:   # views made on torch's stream: no cross-stream wait
         views = [cupy.from_dlpack(x) for x in (W32, r32, m_ws, s_ws)]
         if out.D is None:
-            forward((batch * chunks,), (THREADS,), (*views, *tail))
+            kernel = _kernel("sick_bide_forward", padded, arch, min_blocks)
+            kernel((batch * chunks,), (THREADS,), (*views, *tail))
         else:
             d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=f32, device=W.device)
-            fused((batch * chunks,), (THREADS,), (*views, cupy.from_dlpack(d_ws), *tail))
+            kernel = _kernel("sick_bide_fused", padded, arch, fused_min_blocks)
+            kernel((batch * chunks,), (THREADS,), (*views, cupy.from_dlpack(d_ws), *tail))
     if not direct:
         m = m_ws.amax(1)
         scale = torch.where(m_ws == -math.inf, 0.0, torch.exp(m_ws - m[:, None]))   # [B, chunks]
