@@ -43,7 +43,7 @@ import math
 import torch
 
 from harness import Backend
-from harness.problems.sick_bide import PartialState
+from harness.problems.sick_bide import PartialState, merge_chunks
 
 CUPY_MISSING = importlib.util.find_spec("cupy") is None
 THREADS = 128          # lo codes per block: n_lo = min(n, 7)
@@ -342,6 +342,7 @@ def partial_state(
     f32 = torch.float32
     m_ws = out.m if direct else torch.empty(batch, chunks, dtype=f32, device=W.device)
     s_ws = out.s if direct else torch.empty(batch, chunks, dtype=f32, device=W.device)
+    d_ws = None
     W32, r32 = W.to(f32).contiguous(), r.to(f32).contiguous()
     tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int64(k_start), np.int64(k_stop), np.int64(q_first),
             np.int64(q_last), np.int32(chunks), np.int64(q_per_chunk))
@@ -356,12 +357,7 @@ def partial_state(
             kernel = _kernel("sick_bide_fused", padded, arch, fused_min_blocks)
             kernel((batch * chunks,), (THREADS,), (*views, cupy.from_dlpack(d_ws), *tail))
     if not direct:
-        m = m_ws.amax(1)
-        scale = torch.where(m_ws == -math.inf, 0.0, torch.exp(m_ws - m[:, None]))   # [B, chunks]
-        out.m.copy_(m)
-        out.s.copy_((s_ws * scale).sum(1))
-        if out.D is not None:
-            out.D.copy_((d_ws * scale[:, :, None, None]).sum(1))
+        merge_chunks(m_ws, s_ws, d_ws, out)
 
 
 def _unavailable(config: str) -> str | None:

@@ -48,7 +48,7 @@ import os
 import torch
 
 from harness import Backend
-from harness.problems.sick_bide import PartialState
+from harness.problems.sick_bide import PartialState, merge_chunks
 
 TRITON_MISSING = importlib.util.find_spec("triton") is None
 if not TRITON_MISSING:
@@ -351,6 +351,7 @@ def partial_state(
     direct = chunks == 1
     m_ws = out.m if direct else torch.empty(batch, chunks, dtype=torch.float32, device=W.device)
     s_ws = out.s if direct else torch.empty(batch, chunks, dtype=torch.float32, device=W.device)
+    d_ws = None
     args = (W.float().contiguous(), r.float().contiguous(), scratch, m_ws, s_ws)
     sizes = (hidden, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile, chunks, tiles_per_chunk,
              n_items)
@@ -363,12 +364,7 @@ def partial_state(
         _fused_kernel[grid](*args, d_ws, *sizes, **blocks,
                             N_TOP=32)
     if not direct:
-        m = m_ws.amax(1)
-        scale = torch.where(m_ws == -math.inf, 0.0, torch.exp(m_ws - m[:, None]))   # [B, chunks]
-        out.m.copy_(m)
-        out.s.copy_((s_ws * scale).sum(1))
-        if fused:
-            out.D.copy_((d_ws * scale[:, :, None, None]).sum(1))
+        merge_chunks(m_ws, s_ws, d_ws, out)
 
 
 def _unavailable(config: str) -> str | None:

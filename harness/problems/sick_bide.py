@@ -97,6 +97,20 @@ def merge(a: PartialState, b: PartialState) -> PartialState:
     return PartialState(m, s, a.D * scale_a[:, None, None] + b.D * scale_b[:, None, None])
 
 
+def merge_chunks(m: Tensor, s: Tensor, D: Tensor | None, out: PartialState) -> None:
+    """Merge per-chunk states m, s [B, C] and D [B, C, H, n] (or None) over C into `out`.
+
+    For backends that split a row's codes into C chunks (to fill the GPU at small
+    batches): the same rescale-and-add as `merge`, as one reduction.
+    """
+    m_all = m.amax(1)
+    scale = torch.where(m == -math.inf, 0.0, torch.exp(m - m_all[:, None]))     # [B, C]
+    out.m.copy_(m_all)
+    out.s.copy_((s * scale).sum(1))
+    if out.D is not None:
+        out.D.copy_((D * scale[:, :, None, None]).sum(1))
+
+
 def empty_state(batch: int, hidden: int, n_bits: int, dtype: torch.dtype, device, *, want_grad: bool):
     """The identity of `merge` (m = -inf, s = 0, D = 0): the state of an empty range."""
     acc = acc_dtype(dtype)
