@@ -49,3 +49,15 @@ def test_failures_give_a_nonzero_exit_code(monkeypatch):
                     repeats=1, stream=out)
     assert code == 1
     assert "FAIL" in out.getvalue() and "lse: max error" in out.getvalue()
+
+
+def test_unknown_grid_command_and_gpus_are_refused(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match=r"unknown grid 'huge'; grids: \['cpu', 'gpu', 'smoke'\]"):
+        cli.main("run", device="cpu", cases=["n=1"], dtypes=["float32"], repeats=1, grid="huge", out=str(tmp_path),
+                 stream=io.StringIO())
+    with pytest.raises(ValueError, match="unknown command 'bench'; commands: run, verify, list, sweep"):
+        cli.main("bench")
+    with pytest.raises(ValueError, match=r"gpus=2 but \d+ CUDA devices are visible"):
+        cli._spread(2, "smoke", tmp_path, None, None, io.StringIO())
