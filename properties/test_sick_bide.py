@@ -189,3 +189,13 @@ def min_abs_z(W: torch.Tensor) -> float:
     n = W.shape[2]
     b = sick_bide.bits(torch.arange(1 << n, device=W.device), n, torch.float64)
     return float(torch.einsum("bhj,kj->bkh", W.double(), b).abs().min())
+
+
+@given(data=st.data())
+def test_repeated_calls_agree_to_the_last_bit(sick_bide_variant, data):
+    """No atomics or order-dependent reductions: the same inputs give bitwise the same outputs."""
+    case = draw_case(data, sick_bide_variant, kinds=("normal", "spread"))
+    inputs = case.tensors(sick_bide_variant[2])
+    first, second = run(sick_bide_variant, inputs), run(sick_bide_variant, inputs)
+    for name in first:
+        assert torch.equal(first[name].nan_to_num(0), second[name].nan_to_num(0)), f"{name} differs, {case}"
