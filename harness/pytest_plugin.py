@@ -1,5 +1,6 @@
-"""pytest plugin of the harness: every test taking `sick_bide_variant` runs once per registered
-(backend, config, device), so a new backend is covered with no edit here.
+"""pytest plugin of the harness: every test taking `<problem>_variant` (e.g. `sick_bide_variant`)
+runs once per registered (backend, config, device) of that problem, so a new backend, or a
+new problem's backends, are covered with no edit here.
 
 `--device cpu|cuda` restricts the devices (default: every device the backend
 declares). On a machine without CUDA, TRITON_INTERPRET=1 is set (unless set
@@ -42,6 +43,9 @@ def variant_params(problem: str, devices: list[str] | None) -> list:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "sick_bide_variant" in metafunc.fixturenames:
-        devices = metafunc.config.getoption("--device")
-        metafunc.parametrize("sick_bide_variant", variant_params("sick_bide", devices))
+    """A test argument named `<problem>_variant` runs once per variant of that problem."""
+    known = {problem.name for problem in registry.problems()}
+    for name in metafunc.fixturenames:
+        if name.endswith("_variant") and name.removesuffix("_variant") in known:
+            devices = metafunc.config.getoption("--device")
+            metafunc.parametrize(name, variant_params(name.removesuffix("_variant"), devices))
