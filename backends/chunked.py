@@ -84,7 +84,9 @@ def _step(P_lo, P_hi, r, valid, m, s, G_lo, D_hi, b_hi):
 
 
 @functools.cache
-def _compiled_step():
+def _compiled_step(grad: bool, masked: bool, dtype: torch.dtype, device_type: str):
+    """One compiled step per structural variant: each torch.compile object has its own
+    recompile budget, so the variants cannot exhaust it and fall back to eager unnoticed."""
     return torch.compile(_step, dynamic=True)
 
 
@@ -109,7 +111,6 @@ def partial_state(
     rows = max(1, chunk >> n_lo)
     P_lo = z_table(W[:, :, :n_lo])                                          # [B, K_lo, H]
     W_hi = W[:, :, n_lo:]                                                  # [B, H, n_hi]
-    step = _compiled_step() if compile else _step
 
     m = torch.full((batch,), -math.inf, dtype=acc, device=W.device)
     s = torch.zeros(batch, dtype=acc, device=W.device)
@@ -128,6 +129,7 @@ def partial_state(
         if hi0 << n_lo < k_start or hi_end << n_lo > k_stop:
             codes = (k_hi[:, None] << n_lo) + lo_codes                    # [rows, K_lo]
             valid = (codes >= k_start) & (codes < k_stop)
+        step = _compiled_step(G_lo is not None, valid is not None, acc, W.device.type) if compile else _step
         m, s, G_lo, D_hi = step(P_lo, P_hi, r, valid, m, s, G_lo, D_hi, b_hi)
 
     out.m.copy_(m)
