@@ -84,10 +84,16 @@ def _step(P_lo, P_hi, r, valid, m, s, G_lo, D_hi, b_hi):
 
 
 @functools.cache
-def _compiled_step(grad: bool, masked: bool, dtype: torch.dtype, device_type: str):
-    """One compiled step per structural variant: each torch.compile object has its own
-    recompile budget, so the variants cannot exhaust it and fall back to eager unnoticed."""
+def _compiled_step():
     return torch.compile(_step, dynamic=True)
+
+
+def _run_compiled(*args):
+    """The compiled step, with room for its structural variants (with or without gradient
+    sums and masks, per dtype): past torch's default of 8 recompiles it would fall back to
+    eager silently and the "compile" numbers would be eager ones."""
+    with torch._dynamo.config.patch(recompile_limit=64):
+        return _compiled_step()(*args)
 
 
 def partial_state(
@@ -129,7 +135,7 @@ def partial_state(
         if hi0 << n_lo < k_start or hi_end << n_lo > k_stop:
             codes = (k_hi[:, None] << n_lo) + lo_codes                    # [rows, K_lo]
             valid = (codes >= k_start) & (codes < k_stop)
-        step = _compiled_step(G_lo is not None, valid is not None, acc, W.device.type) if compile else _step
+        step = _run_compiled if compile else _step
         m, s, G_lo, D_hi = step(P_lo, P_hi, r, valid, m, s, G_lo, D_hi, b_hi)
 
     out.m.copy_(m)
