@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from harness import sweep
+from harness import ceiling, sweep
 
 
 def pytest_collection_modifyitems(config, items):
@@ -24,4 +24,5 @@ def pytest_configure(config):
 
 def pytest_benchmark_update_machine_info(config, machine_info):
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    machine_info["fusedbench"] = sweep.environment(device)
+    machine_info["fusedbench"] = {**sweep.environment(device), "ceilings": ceiling.measure_all(device),
+                                  "problems": sweep.problem_notes()}

@@ -1,4 +1,10 @@
-"""A small probe of the device's instruction ceiling, run once per sweep.
+"""Small probes of the device's ceilings, run once per sweep (`measure_all`).
+
+fmnmx_fadd: lane-instructions per second of the SICK-BIDE inner loop's mix (below).
+copy_bandwidth: bytes per second read plus written by a large device-to-device copy,
+the ceiling of memory-bound kernels (softmax, batch norm): a kernel moving the same
+bytes cannot beat a copy by much.
+
 
 Each lane repeats `a = max(a, b) + c` on registers: one FMNMX and one FADD, the
 mix of the SICK-BIDE forward (max, accumulate). Eight independent chains per lane
@@ -9,7 +15,37 @@ GPU only (Triton); on the CPU the probe reports None and reports say "n/a".
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
+
+
+def measure_all(device: str | torch.device) -> dict[str, float | None]:
+    """Every ceiling the reports divide by, measured on `device` (None where unmeasurable)."""
+    return {"fmnmx_fadd": fmnmx_fadd_per_second(device), "copy_bandwidth": copy_bytes_per_second(device)}
+
+
+def copy_bytes_per_second(device: str | torch.device, nbytes: int = 256 * 2**20, repeats: int = 10) -> float:
+    """Bytes read plus written per second by `dst.copy_(src)` of `nbytes`, median of `repeats` copies."""
+    device = torch.device(device)
+    src = torch.ones(nbytes // 4, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            dst.copy_(src)
+            stop.record()
+            stop.synchronize()
+            samples.append(start.elapsed_time(stop) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            dst.copy_(src)
+            samples.append(time.perf_counter() - t0)
+    return 2 * nbytes / statistics.median(samples)
 
 
 def fmnmx_fadd_per_second(device: str | torch.device, iters: int = 4096) -> float | None:

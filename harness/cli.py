@@ -80,7 +80,7 @@ def main(
 
         i, n = (int(x) for x in (shard or "0/1").split("/"))
         grid_name = grid or os.environ.get("FUSEDBENCH_GRID") or ("gpu" if "cuda" in device else "cpu")
-        sweep.run(device=device, grid=sweep.GRIDS[grid_name], out_path=out_dir / f"sweep-{i}.jsonl",
+        sweep.run(device=device, grid=grid_name, out_path=out_dir / f"sweep-{i}.jsonl",
                   problems=problems, backends=backends, shard=(i, n),
                   progress=lambda line: print(f"[worker {i}] {line}", file=stream, flush=True))
         return 0
@@ -128,14 +128,14 @@ def _sweep_and_report(device, problems, backends, grid, out_dir: Path, gpus: int
         raise ValueError(f"unknown grid {grid!r}; grids: {sorted(sweep.GRIDS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"command": "python -m harness " + shlex.join(sys.argv[1:]), "device": device, "grid": grid,
-            "ceiling": ceiling.fmnmx_fadd_per_second(device)}
+            "ceilings": ceiling.measure_all(device), "problems": sweep.problem_notes(problems)}
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=1))
     if gpus > 1:
         _spread(gpus, grid, out_dir, problems, backends, stream)
     else:
         print(f"# sweep: grid {grid!r} on {device}, rows appended to {out_dir / 'sweep.jsonl'}", file=stream,
               flush=True)
-        sweep.run(device=device, grid=sweep.GRIDS[grid], out_path=out_dir / "sweep.jsonl", problems=problems,
+        sweep.run(device=device, grid=grid, out_path=out_dir / "sweep.jsonl", problems=problems,
                   backends=backends, progress=lambda line: print(line, file=stream, flush=True))
     try:
         from reports import html

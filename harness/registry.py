@@ -84,7 +84,20 @@ class Problem:
         call (mode "forward", or "backward" for forward plus backward) and returns
         a dict of named output tensors.
     cases: ``cases(device) -> [(label, sizes)]``, the size classes to verify.
-    work: ``work(sizes) -> float``, units of work in one call (see work_unit).
+    work: ``work(sizes, dtype, mode) -> float``, units of work in one call (see work_unit).
+    grids: per sweep grid name ("cpu", "gpu", "smoke"; harness/sweep.py), this problem's
+        sizes: ``{"sizes": {size: [values]} or a list of such dicts (each a product),
+        "max_work": cap on work per cell, ...}``; other keys override the grid's settings
+        (dtype, mode, rounds, max_call_s). A grid the problem does not name skips it.
+    axes: (x, facet): the size plotted along x and the one plots are split by.
+    roofline: (ceiling name, {mode: ceiling units per work unit}): the measured ceiling
+        (harness/ceiling.py) that "fraction of ceiling" divides by, e.g. instructions
+        per triple, or 1.0 when work is bytes and the ceiling is copy bandwidth.
+    claims: statements from the seed documents the report checks against the sweep,
+        e.g. ``{"text": ..., "kind": "time_ratio", "numerator": "jacobian",
+        "denominator": "vector", "mode": "backward_only", "sizes": {...}, "expected": 2000}``
+        or ``{"kind": "memory_ratio", "numerator_mode": "backward", "denominator_mode":
+        "forward", "expected": [3, 4]}`` (reports/html.py renders them).
     slack: ``slack(inputs64, dtype) -> {output: tensor}``, an elementwise error
         allowance where an output jumps within rounding distance of the inputs
         (a ReLU derivative at z ~ 0); see harness/tolerance.py. None: no jumps.
@@ -97,10 +110,14 @@ class Problem:
     make_inputs: Callable[..., dict[str, torch.Tensor]]
     prepare: Callable[..., Callable[[], dict[str, torch.Tensor]]]
     cases: Callable[[str], list[tuple[str, dict[str, int]]]]
-    work: Callable[[Mapping[str, int]], float]
+    work: Callable[[Mapping[str, int], torch.dtype, str], float]
     work_unit: str = "ops"
     slack: Callable[[Mapping[str, torch.Tensor], torch.dtype], dict[str, torch.Tensor]] | None = None
     modes: tuple[str, ...] = ("forward", "backward")
+    grids: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    axes: tuple[str, str] = ("batch", "batch")
+    roofline: tuple[str, Mapping[str, float]] | None = None
+    claims: tuple[Mapping[str, Any], ...] = ()
 
 
 _PROBLEMS: dict[str, Problem] = {}

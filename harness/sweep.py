@@ -30,18 +30,62 @@ import torch
 from harness import measure, registry
 from harness.errors import UnsupportedError
 
-# The default grids: the CPU one finishes in a few minutes on two cores, the GPU one
-# covers the sizes kernels are designed for (smaller batches at larger n, where the
-# reference materialisation stops fitting and the table shows it).
+# Settings of the named grids; each problem gives its own sizes per grid name (Problem.grids),
+# and may override these settings there.
 GRIDS: dict[str, dict[str, Any]] = {
-    "cpu": {"n_bits": [8, 12, 14], "batch": [1, 64], "hidden": [32], "dtype": ["float32"],
-            "mode": ["forward", "backward"], "rounds": 3, "max_call_s": 5.0},
-    "gpu": {"n_bits": [8, 12, 16, 20, 24], "batch": [1, 64, 1024, 16384], "hidden": [32],
-            "dtype": ["float32", "bfloat16"], "mode": ["forward", "backward"], "rounds": 5,
-            "max_work": 2**36, "max_call_s": 1.0},
-    "smoke": {"n_bits": [4], "batch": [3], "hidden": [5], "dtype": ["float32"], "mode": ["forward", "backward"],
-              "rounds": 2},
+    "cpu": {"dtype": ["float32"], "mode": ["forward", "backward"], "rounds": 3, "max_call_s": 5.0},
+    "gpu": {"dtype": ["float32", "bfloat16"], "mode": ["forward", "backward"], "rounds": 5, "max_call_s": 1.0},
+    "smoke": {"dtype": ["float32"], "mode": ["forward", "backward"], "rounds": 2},
 }
+
+
+def settings(problem: registry.Problem, grid: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The grid's settings with the problem's entry for it (and then `overrides`) on top."""
+    if grid not in GRIDS:
+        raise ValueError(f"unknown grid {grid!r}; grids: {sorted(GRIDS)}")
+    return {**GRIDS[grid], **problem.grids.get(grid, {}), **(overrides or {})}
+
+
+def cells(problem: registry.Problem, grid: Mapping[str, Any]) -> Iterable[tuple[dict[str, int], str, str]]:
+    """(sizes, dtype, mode) for every point of `grid` (from `settings`) the problem runs, under max_work."""
+    products = grid.get("sizes") or []
+    for axes in [products] if isinstance(products, Mapping) else products:
+        names = list(axes)
+        for values in itertools.product(*(axes[name] for name in names)):
+            sizes = dict(zip(names, values, strict=True))
+            for dtype, mode in itertools.product(grid["dtype"], grid["mode"]):
+                if mode not in problem.modes:
+                    continue
+                if problem.work(sizes, getattr(torch, dtype), mode) > grid.get("max_work", float("inf")):
+                    continue
+                yield sizes, dtype, mode
+
+
+def describe(problem: registry.Problem, sizes: Mapping[str, int], dtype: str, mode: str, device: str) -> dict:
+    """The fields that identify a cell on every result row, and what reports need to plot it."""
+    return {"problem": problem.name, **sizes, "shape": ",".join(f"{k}={v}" for k, v in sizes.items()),
+            "dtype": dtype, "mode": mode, "device": torch.device(device).type,
+            "x_axis": problem.axes[0], "facet_axis": problem.axes[1], "reference": problem.reference}
+
+
+def input_bytes(inputs: Mapping[str, torch.Tensor]) -> int:
+    """Bytes of the op's inputs, upstream gradients (names starting "grad_") excluded."""
+    return sum(t.nbytes for name, t in inputs.items() if not name.startswith("grad_"))
+
+
+def measured(problem: registry.Problem, sizes: Mapping[str, int], dtype: str, mode: str,
+             samples: Sequence[float], peak: int | None, inputs: Mapping[str, torch.Tensor]) -> dict[str, Any]:
+    """The fields of a timed row: median and spread, peak memory (above the inputs, which
+    input_bytes counts), rate and its roofline."""
+    median = statistics.median(samples)
+    work = problem.work(sizes, getattr(torch, dtype), mode)
+    row = {"status": "ok", "time_s": median, "time_p20_s": percentile(samples, 0.2),
+           "time_p80_s": percentile(samples, 0.8), "samples_s": list(samples), "rounds": len(samples),
+           "peak_bytes": peak, "input_bytes": input_bytes(inputs), "rate": work / median, "work": work,
+           "work_unit": problem.work_unit}
+    if problem.roofline and mode in problem.roofline[1]:
+        row |= {"ceiling_name": problem.roofline[0], "ceiling_per_unit": problem.roofline[1][mode]}
+    return row
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -73,14 +117,10 @@ def environment(device: str) -> dict[str, Any]:
     return env
 
 
-def cells(grid: Mapping[str, Any]) -> Iterable[tuple[dict[str, int], str, str]]:
-    """(sizes, dtype, mode) for every grid point, skipping sizes over the grid's work cap."""
-    for n_bits, batch, hidden, dtype, mode in itertools.product(
-        grid["n_bits"], grid["batch"], grid["hidden"], grid["dtype"], grid["mode"]
-    ):
-        if batch * 2**n_bits * hidden > grid.get("max_work", float("inf")):
-            continue
-        yield {"batch": batch, "hidden": hidden, "n_bits": n_bits}, dtype, mode
+def problem_notes(problems: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:
+    """What reports need to know of each problem beyond its rows: its summary and the seeds' claims."""
+    chosen = [registry.problem(p) for p in problems] if problems else registry.problems()
+    return {p.name: {"summary": p.summary, "claims": list(p.claims)} for p in chosen}
 
 
 class L2Flush:
@@ -121,16 +161,18 @@ class _Slow(Exception):
 def run(
     *,
     device: str,
-    grid: Mapping[str, Any],
+    grid: str,
     out_path: str | Path,
     problems: Sequence[str] | None = None,
     backends: Sequence[str] | None = None,
     seed: int = 0,
     shard: tuple[int, int] = (0, 1),
+    overrides: Mapping[str, Any] | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Sweep `grid` on `device`; append one JSON row per (cell, variant) to out_path; return the rows.
+    """Sweep the named grid on `device`; append one JSON row per (cell, variant) to out_path; return the rows.
 
+    overrides: settings (or "sizes") replacing the grid's and the problems' own, for every problem.
     shard = (i, n) keeps every n-th cell starting at i: n workers (one per GPU) cover the grid once.
     """
     dev = torch.device(device)
@@ -141,11 +183,14 @@ def run(
     out_path.parent.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
     chosen = [registry.problem(p) for p in problems] if problems else registry.problems()
-    todo = [(p, c) for p in chosen for c in cells(grid)][shard[0]::shard[1]]
-    too_slow: dict[tuple[str, str, str], float] = {}   # (variant, dtype, mode) -> least work found too slow
+    plans = {p.name: settings(p, grid, overrides) for p in chosen}
+    todo = [(p, c) for p in chosen for c in cells(p, plans[p.name])][shard[0]::shard[1]]
+    too_slow: dict[tuple[str, str, str, str], float] = {}   # (problem, variant, dtype, mode) -> least work too slow
     for index, (problem, (sizes, dtype_name, mode)) in enumerate(todo, 1):
         dtype = getattr(torch, dtype_name)
-        cell = {"problem": problem.name, **sizes, "dtype": dtype_name, "mode": mode, "device": dev.type}
+        plan = plans[problem.name]
+        work = problem.work(sizes, dtype, mode)
+        cell = describe(problem, sizes, dtype_name, mode, device)
         inputs = problem.make_inputs(sizes, dtype, device, seed)
         runnable, cell_rows = [], []
         for backend, config in registry.variants(problem.name):
@@ -155,15 +200,15 @@ def run(
                    "variant": registry.variant_name(backend, config)}
             try:
                 registry.check_runnable(backend, config, sizes, dtype, device)
-                slow_key = (row["variant"], dtype_name, mode)
-                if problem.work(sizes) >= too_slow.get(slow_key, float("inf")):
-                    raise _Slow(f"slower than max_call_s = {grid['max_call_s']:g} s at less work in this sweep")
+                slow_key = (problem.name, row["variant"], dtype_name, mode)
+                if work >= too_slow.get(slow_key, float("inf")):
+                    raise _Slow(f"slower than max_call_s = {plan['max_call_s']:g} s at less work in this sweep")
                 fn = problem.prepare(backend, config, inputs, mode)
                 fn()                                   # warm-up: compilation, caches, autotuning
                 warm = sample(fn, dev, flush)
-                if warm > grid.get("max_call_s", float("inf")):
-                    too_slow[slow_key] = min(too_slow.get(slow_key, float("inf")), problem.work(sizes))
-                    raise _Slow(f"a call took {warm:.3g} s, over the grid's max_call_s = {grid['max_call_s']:g} s")
+                if warm > plan.get("max_call_s", float("inf")):
+                    too_slow[slow_key] = min(too_slow.get(slow_key, float("inf")), work)
+                    raise _Slow(f"a call took {warm:.3g} s, over the grid's max_call_s = {plan['max_call_s']:g} s")
                 runnable.append((row, fn))
             except _Slow as exc:
                 row |= {"status": "slow", "reason": str(exc)}
@@ -174,17 +219,12 @@ def run(
                 torch.cuda.empty_cache()
             cell_rows.append(row)
         samples: dict[int, list[float]] = {id(row): [] for row, _ in runnable}
-        for _ in range(grid.get("rounds", 3)):
+        for _ in range(plan.get("rounds", 3)):
             for row, fn in runnable:
                 samples[id(row)].append(sample(fn, dev, flush))
         for row, fn in runnable:
-            times = samples[id(row)]
-            median = statistics.median(times)
-            row |= {"status": "ok", "time_s": median, "time_p20_s": percentile(times, 0.2),
-                    "time_p80_s": percentile(times, 0.8), "samples_s": times, "rounds": len(times),
-                    "peak_bytes": measure.peak_memory(fn, device),
-                    "rate": problem.work(sizes) / median, "work": problem.work(sizes),
-                    "work_unit": problem.work_unit}
+            row |= measured(problem, sizes, dtype_name, mode, samples[id(row)], measure.peak_memory(fn, device),
+                            inputs)
         for row in cell_rows:
             row |= {"timing_method": method, "cache": "cold L2" if dev.type == "cuda" else "warm",
                     "env": env, "timestamp": time.time()}
@@ -194,6 +234,5 @@ def run(
         if progress:
             done = ", ".join(f"{r['variant']} {1e3 * r['time_s']:.3g} ms" if r["status"] == "ok"
                              else f"{r['variant']} {r['status']}" for r in cell_rows)
-            shape = ",".join(f"{k}={v}" for k, v in sizes.items())
-            progress(f"[{index}/{len(todo)}] {problem.name} {shape} {dtype_name} {mode}: {done}")
+            progress(f"[{index}/{len(todo)}] {problem.name} {cell['shape']} {dtype_name} {mode}: {done}")
     return rows

@@ -1,9 +1,12 @@
 """One self-contained HTML report from a results directory (plots embedded as PNG data URIs).
 
-Sections: environment and command; correctness matrix; time against n and against batch;
-speedup against the reference and against the best variant; achieved rate and fraction of
-the measured ceiling; peak memory against n; forward against forward+backward; the best
-variant per (n, batch, dtype) with out-of-memory and unsupported cells marked.
+Sections: environment and command; correctness matrix; then per problem: the seed
+documents' claims against what was measured; time against the problem's x axis and
+against its facet axis (the sizes named by each row's x_axis and facet_axis); speedup
+against the reference and against the best variant; achieved rate as a fraction of
+the measured ceiling the row names; peak memory; forward against forward+backward;
+the best variant per cell with out-of-memory and unsupported cells marked.
+Everything comes from stored rows and meta (reports/load.py), nothing from the registry.
 """
 
 from __future__ import annotations
@@ -22,8 +25,7 @@ import pandas as pd
 
 from reports import load
 
-# Instructions per work unit at the floor (../shared/ANCHORS.md): what "fraction of ceiling" divides by.
-FLOOR_INSTRUCTIONS = {("sick_bide", "forward"): 2.0, ("sick_bide", "backward"): 5.0}
+CEILING_UNITS = {"fmnmx_fadd": "lane-instructions/s (FMNMX + FADD)", "copy_bandwidth": "bytes/s (copy, read + write)"}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; max-width: 1200px; color: #222; }
@@ -93,8 +95,8 @@ def _lines(frame: pd.DataFrame, x: str, y: str, facet: str, title: str, ylabel: 
 
 def _best_table(ok: pd.DataFrame, all_rows: pd.DataFrame) -> str:
     rows = []
-    for keys, cell in all_rows.groupby(["mode", "dtype", "n_bits", "batch"]):
-        key = [*load.CELL, "variant"]
+    key = [*load.CELL, "variant"]
+    for keys, cell in all_rows.groupby(["mode", "dtype", "shape"]):
         good = ok.merge(cell[key], on=key)
         failed = cell[cell["status"] != "ok"]
         marks = "; ".join(f"{r.variant}: {r.status}" for r in failed.itertuples())
@@ -103,7 +105,7 @@ def _best_table(ok: pd.DataFrame, all_rows: pd.DataFrame) -> str:
             continue
         best = good.loc[good["time_s"].idxmin()]
         rows.append((*keys, best["variant"], 1e3 * best["time_s"], marks))
-    frame = pd.DataFrame(rows, columns=["mode", "dtype", "n_bits", "batch", "best", "ms", "cannot run"])
+    frame = pd.DataFrame(rows, columns=["mode", "dtype", "shape", "best", "ms", "cannot run"])
     return _table(frame)
 
 
@@ -123,15 +125,22 @@ def build(directory: str | Path, out: str | Path | None = None) -> Path:
     return out
 
 
+def _ceilings(meta: dict[str, Any]) -> dict[str, float]:
+    found = dict(meta.get("ceilings") or {})
+    if meta.get("ceiling") is not None:   # results written before copy_bandwidth was measured
+        found.setdefault("fmnmx_fadd", meta["ceiling"])
+    return {name: value for name, value in found.items() if value}
+
+
 def _environment(rows: pd.DataFrame, meta: dict[str, Any]) -> str:
     env_cols = [c for c in rows.columns if c.startswith("env.")] if not rows.empty else []
     env = rows[env_cols].drop_duplicates().head(1).T.reset_index() if env_cols else pd.DataFrame()
     text = "<h2>Environment</h2>"
     if meta.get("command"):
         text += f"<p>Command: <code>{html.escape(meta['command'])}</code></p>"
-    if meta.get("ceiling") is not None:
-        text += (f"<p>Measured ceiling (FMNMX + FADD, harness/ceiling.py): "
-                 f"{meta['ceiling']:.3e} lane-instructions/s</p>")
+    for name, value in _ceilings(meta).items():
+        text += (f"<p>Measured ceiling {html.escape(name)} (harness/ceiling.py): {value:.3e} "
+                 f"{html.escape(CEILING_UNITS.get(name, ''))}</p>")
     if not rows.empty:
         methods = ", ".join(sorted(rows["timing_method"].dropna().unique())) if "timing_method" in rows else "n/a"
         text += f"<p>Timing: {html.escape(methods)}; medians over interleaved rounds.</p>"
@@ -163,47 +172,91 @@ def _correctness(verify: pd.DataFrame) -> str:
 
 
 def _performance(rows: pd.DataFrame, meta: dict[str, Any]) -> str:
-    ok = rows[rows["status"] == "ok"].copy()
     text = "<h2>Performance</h2>"
-    if ok.empty:
-        return text + "<p>No variant ran.</p>"
-    ok["ms"] = 1e3 * ok["time_s"]
-    for (problem, mode, dtype), part in ok.groupby(["problem", "mode", "dtype"]):
-        label = f"{problem}, {mode}, {dtype}"
-        text += f"<h3>{html.escape(label)}</h3>"
-        text += _lines(part, "n_bits", "ms", "batch", f"time against n ({label})", "ms (median)")
-        text += _lines(part, "batch", "ms", "n_bits", f"time against batch ({label})", "ms (median)", logx=True)
-        cell = ["n_bits", "batch"]
-        best = part.groupby(cell)["time_s"].transform("min")
-        part = part.assign(vs_best=part["time_s"] / best)
-        ref = part[part["backend"] == "reference"].set_index(cell)["time_s"]
-        part = part.assign(speedup=part.set_index(cell).index.map(ref).to_numpy() / part["time_s"].to_numpy())
-        if part["speedup"].notna().any():
-            text += _lines(part.dropna(subset=["speedup"]), "n_bits", "speedup", "batch",
-                           f"speedup against the reference ({label})", "x reference")
-        text += _lines(part, "n_bits", "vs_best", "batch", f"time / best time ({label})", "x best")
-        floor = FLOOR_INSTRUCTIONS.get((problem, mode))
-        if meta.get("ceiling") and floor:
-            part = part.assign(fraction=part["rate"] * floor / meta["ceiling"])
-            text += _lines(part, "n_bits", "fraction", "batch",
-                           f"fraction of the measured ceiling at {floor:g} instructions per unit ({label})",
-                           "fraction")
-        else:
-            text += _lines(part, "n_bits", "rate", "batch", f"rate ({label}); no ceiling measured here",
-                           f"{part['work_unit'].iloc[0]}/s")
-        if part["peak_bytes"].notna().any():
-            text += _lines(part.assign(mib=part["peak_bytes"] / 2**20).dropna(subset=["mib"]).query("mib > 0"),
-                           "n_bits", "mib", "batch", f"peak memory ({label})", "MiB")
-    text += "<h3>Forward against forward + backward</h3>" + _split(ok)
-    text += "<h3>Best variant per cell</h3>" + _best_table(ok, rows)
+    notes = meta.get("problems", {})
+    for problem, problem_rows in rows.groupby("problem"):
+        summary = notes.get(problem, {}).get("summary", "")
+        text += f"<h2>{html.escape(str(problem))}</h2><p>{html.escape(summary)}</p>"
+        ok = problem_rows[problem_rows["status"] == "ok"].copy()
+        if ok.empty:
+            text += "<p>No variant ran.</p>"
+            continue
+        ok["ms"] = 1e3 * ok["time_s"]
+        claims = notes.get(problem, {}).get("claims", [])
+        if claims:
+            text += "<h3>Claims from the seed documents</h3>" + claims_table(ok, claims)
+        for (mode, dtype), part in ok.groupby(["mode", "dtype"]):
+            text += _mode_plots(part, f"{problem}, {mode}, {dtype}", _ceilings(meta))
+        text += "<h3>Forward against forward + backward</h3>" + _split(ok)
+        text += "<h3>Best variant per cell</h3>" + _best_table(ok, problem_rows)
     return text
 
 
+def _mode_plots(part: pd.DataFrame, label: str, ceilings: dict[str, float]) -> str:
+    x, facet = part["x_axis"].iloc[0], part["facet_axis"].iloc[0]
+    text = f"<h3>{html.escape(label)}</h3>"
+    text += _lines(part, x, "ms", facet, f"time against {x} ({label})", "ms (median)")
+    if facet != x:
+        text += _lines(part, facet, "ms", x, f"time against {facet} ({label})", "ms (median)", logx=True)
+    best = part.groupby("shape")["time_s"].transform("min")
+    part = part.assign(vs_best=part["time_s"] / best)
+    reference = part[part["backend"] == part["reference"]].set_index("shape")["time_s"]
+    part = part.assign(speedup=part["shape"].map(reference).to_numpy() / part["time_s"].to_numpy())
+    if part["speedup"].notna().any():
+        text += _lines(part.dropna(subset=["speedup"]), x, "speedup", facet,
+                       f"speedup against the reference ({label})", "x reference")
+    text += _lines(part, x, "vs_best", facet, f"time / best time ({label})", "x best")
+    name = part["ceiling_name"].dropna().iloc[0] if "ceiling_name" in part and part["ceiling_name"].notna().any() \
+        else None
+    if name in ceilings:
+        part = part.assign(fraction=part["rate"] * part["ceiling_per_unit"] / ceilings[name])
+        text += _lines(part, x, "fraction", facet, f"fraction of the measured {name} ceiling ({label})", "fraction")
+    else:
+        text += _lines(part, x, "rate", facet, f"rate ({label}); no ceiling measured for it here",
+                       f"{part['work_unit'].iloc[0]}/s")
+    if part["peak_bytes"].notna().any():
+        text += _lines(part.assign(mib=part["peak_bytes"] / 2**20).dropna(subset=["mib"]).query("mib > 0"),
+                       x, "mib", facet, f"peak memory above the inputs ({label})", "MiB")
+    return text
+
+
+def claims_table(ok: pd.DataFrame, claims: list[dict[str, Any]]) -> str:
+    """Each claim with what this run measured, per device and dtype (rows: one problem's ok rows)."""
+    lines = []
+    for claim in claims:
+        for (device, dtype), part in ok.groupby(["device", "dtype"]):
+            lines.append((claim["text"], device, dtype, _claim_value(part, claim), str(claim.get("expected", ""))))
+    return _table(pd.DataFrame(lines, columns=["claim", "device", "dtype", "measured", "claimed"]))
+
+
+def _claim_value(part: pd.DataFrame, claim: dict[str, Any]) -> str:
+    if claim["kind"] == "time_ratio":
+        sel = part[part["mode"] == claim["mode"]]
+        for size, value in claim.get("sizes", {}).items():
+            sel = sel[sel[size] == value] if size in sel else sel.iloc[0:0]
+        times = sel.set_index("variant")["time_s"]
+        if claim["numerator"] not in times or claim["denominator"] not in times:
+            return "not measured"
+        return f"{times[claim['numerator']] / times[claim['denominator']]:.3g}x"
+    if claim["kind"] == "memory_ratio":
+        total = part["peak_bytes"] + part.get("input_bytes", 0)
+        pivot = part.assign(total=total).pivot_table(index=["variant", "shape"], columns="mode", values="total")
+        num, den = claim["numerator_mode"], claim["denominator_mode"]
+        if num not in pivot or den not in pivot:
+            return "not measured"
+        ratio = (pivot[num] / pivot[den]).dropna().groupby(level="variant")
+        return "; ".join(f"{v}: {r.median():.3g}x ({r.min():.3g}-{r.max():.3g})" for v, r in ratio)
+    return f"unknown claim kind {claim['kind']!r}"
+
+
 def _split(ok: pd.DataFrame) -> str:
-    pivot = ok.pivot_table(index=["problem", "dtype", "n_bits", "batch", "variant"], columns="mode",
-                           values="ms", aggfunc="median")
+    pivot = ok.pivot_table(index=["dtype", "shape", "variant"], columns="mode", values="ms", aggfunc="median")
     if not {"forward", "backward"} <= set(pivot.columns):
         return "<p>Only one mode was swept.</p>"
     pivot = pivot.dropna(subset=["forward", "backward"])
     pivot["backward share"] = 1 - pivot["forward"] / pivot["backward"]
+    memory = ok.pivot_table(index=["dtype", "shape", "variant"], columns="mode", values="peak_bytes")
+    if {"forward", "backward"} <= set(memory.columns):
+        pivot["peak MiB forward"] = memory["forward"] / 2**20
+        pivot["peak MiB fwd+bwd"] = memory["backward"] / 2**20
     return _table(pivot.reset_index())

@@ -3,7 +3,9 @@
 A results directory holds what the main job wrote: `sweep.jsonl` (one row per cell and
 variant), `verify.json` (the verification table), `meta.json` (command line, ceilings),
 and any pytest-benchmark JSON files (`*.benchmark.json`), whose benchmarks carry the
-same row fields in extra_info.
+same row fields in extra_info and whose machine_info carries what meta.json would.
+A row names its cell by problem, shape ("batch=64,hidden=32,n_bits=16"), dtype, mode
+and device, and carries each size as its own column for plotting along `x_axis`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-CELL = ["problem", "n_bits", "batch", "hidden", "dtype", "mode", "device"]
+CELL = ["problem", "shape", "dtype", "mode", "device"]
 
 
 def jsonl(path: Path) -> list[dict[str, Any]]:
@@ -58,5 +60,14 @@ def verify_rows(directory: str | Path) -> pd.DataFrame:
 
 
 def meta(directory: str | Path) -> dict[str, Any]:
+    """meta.json of the main job, else what pytest-benchmark runs stored in machine_info."""
     path = Path(directory) / "meta.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    if path.exists():
+        return json.loads(path.read_text())
+    found: dict[str, Any] = {}
+    for bench in sorted(Path(directory).glob("*.benchmark.json")):
+        info = json.loads(bench.read_text()).get("machine_info", {}).get("fusedbench", {})
+        found.setdefault("ceilings", info.get("ceilings", {}))
+        found.setdefault("problems", {}).update(info.get("problems", {}))
+        found.setdefault("command", "pytest benchmarks --benchmark-only")
+    return found

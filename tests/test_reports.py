@@ -43,8 +43,8 @@ def test_interrupted_sweep_keeps_finished_rows(results, tmp_path):
 
 
 def test_slow_variants_are_recorded_not_timed(tmp_path):
-    grid = dict(sweep.GRIDS["smoke"], max_call_s=0.0, mode=["forward"])
-    rows = sweep.run(device="cpu", grid=grid, out_path=tmp_path / "s.jsonl", backends=["chunked"])
+    rows = sweep.run(device="cpu", grid="smoke", out_path=tmp_path / "s.jsonl", problems=["sick_bide"],
+                     backends=["chunked"], overrides={"max_call_s": 0.0, "mode": ["forward"]})
     assert [r["status"] for r in rows] == ["slow", "slow"]   # default and compile configs
     assert "max_call_s" in rows[0]["reason"]
 
@@ -83,7 +83,7 @@ def _rows(path, scale, spread):
     for n_bits, variant in [(8, "a"), (12, "a"), (8, "b")]:
         base = 1e-3 * n_bits
         samples = [base * scale * (1 + spread * (i % 5 - 2) / 10) for i in range(10)]
-        rows.append({"problem": "p", "n_bits": n_bits, "batch": 1, "hidden": 1, "dtype": "float32",
+        rows.append({"problem": "p", "n_bits": n_bits, "shape": f"n_bits={n_bits}", "dtype": "float32",
                      "mode": "forward", "device": "cpu", "variant": variant, "status": "ok",
                      "time_s": sorted(samples)[5], "samples_s": samples})
     path.write_text("\n".join(json.dumps(r) for r in rows))
@@ -102,10 +102,9 @@ def test_compare_flags_only_significant_regressions(tmp_path):
 
 
 def test_shards_cover_the_grid_once(tmp_path):
-    grid = dict(sweep.GRIDS["smoke"], n_bits=[3, 4, 5])
-    every = [(r["n_bits"], r["mode"]) for r in sweep.run(device="cpu", grid=grid, out_path=tmp_path / "all.jsonl",
-                                                         backends=["reference"])]
-    parts = [sweep.run(device="cpu", grid=grid, out_path=tmp_path / f"sweep-{i}.jsonl", backends=["reference"],
-                       shard=(i, 2)) for i in range(2)]
+    run = {"device": "cpu", "grid": "smoke", "problems": ["sick_bide"], "backends": ["reference"],
+           "overrides": {"sizes": {"n_bits": [3, 4, 5], "batch": [3], "hidden": [5]}}}
+    every = [(r["n_bits"], r["mode"]) for r in sweep.run(**run, out_path=tmp_path / "all.jsonl")]
+    parts = [sweep.run(**run, out_path=tmp_path / f"sweep-{i}.jsonl", shard=(i, 2)) for i in range(2)]
     assert sorted((r["n_bits"], r["mode"]) for part in parts for r in part) == sorted(every)
     assert len(load.sweep_rows(tmp_path)) == len(every)   # all.jsonl and the shards: the same cells, kept once

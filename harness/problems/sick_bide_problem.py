@@ -182,8 +182,8 @@ def state_slack(W: torch.Tensor, r: torch.Tensor, k_start: int, k_stop: int, dty
     }
 
 
-def work(sizes: Mapping[str, int]) -> float:
-    """(row, code, hidden) triples in one call."""
+def work(sizes: Mapping[str, int], dtype: torch.dtype | None = None, mode: str | None = None) -> float:
+    """(row, code, hidden) triples in one call, the same for every dtype and mode."""
     return float(sizes["batch"]) * 2.0 ** sizes["n_bits"] * sizes["hidden"]
 
 
@@ -199,5 +199,17 @@ PROBLEMS = [
         work=work,
         work_unit="triples",
         slack=slack,
+        # The CPU grid finishes in a few minutes on two cores; the GPU one covers the sizes kernels
+        # are designed for (smaller batches at larger n, where the reference stops fitting).
+        grids={
+            "cpu": {"sizes": {"n_bits": [8, 12, 14], "batch": [1, 64], "hidden": [32]}},
+            "gpu": {"sizes": {"n_bits": [8, 12, 16, 20, 24], "batch": [1, 64, 1024, 16384], "hidden": [32]},
+                    "max_work": 2**36},
+            "smoke": {"sizes": {"n_bits": [4], "batch": [3], "hidden": [5]}},
+        },
+        axes=("n_bits", "batch"),
+        # Instructions per triple at the floor (../shared/ANCHORS.md): FMNMX + FADD forward,
+        # plus the three of the gradient sums.
+        roofline=("fmnmx_fadd", {"forward": 2.0, "backward": 5.0}),
     )
 ]

@@ -1,4 +1,4 @@
-"""pytest-benchmark sweep of every registered backend variant over a grid.
+"""pytest-benchmark sweep of every registered problem and backend variant over a grid.
 
     pytest benchmarks --benchmark-only [--benchmark-json=results/run.benchmark.json]
     FUSEDBENCH_GRID=gpu pytest benchmarks --benchmark-only     # grids: harness/sweep.py
@@ -12,7 +12,6 @@ Cells a variant cannot run are skipped with the registry's reason.
 from __future__ import annotations
 
 import os
-import statistics
 
 import pytest
 import torch
@@ -21,20 +20,21 @@ from harness import measure, registry, sweep
 from harness.errors import UnsupportedError
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-GRID = sweep.GRIDS[os.environ.get("FUSEDBENCH_GRID", "gpu" if DEVICE == "cuda" else "smoke")]
+GRID = os.environ.get("FUSEDBENCH_GRID", "gpu" if DEVICE == "cuda" else "smoke")
 
 
 def _cases():
     for problem in registry.problems():
-        for sizes, dtype, mode in sweep.cells(GRID):
+        plan = sweep.settings(problem, GRID)
+        for sizes, dtype, mode in sweep.cells(problem, plan):
             for backend, config in registry.variants(problem.name):
                 shape = ",".join(f"{k}={v}" for k, v in sizes.items())
-                name = f"{registry.variant_name(backend, config)}-{shape}-{dtype}-{mode}"
-                yield pytest.param(problem, backend, config, sizes, dtype, mode, id=name)
+                name = f"{problem.name}-{registry.variant_name(backend, config)}-{shape}-{dtype}-{mode}"
+                yield pytest.param(problem, backend, config, sizes, dtype, mode, plan.get("rounds", 3), id=name)
 
 
-@pytest.mark.parametrize(("problem", "backend", "config", "sizes", "dtype", "mode"), list(_cases()))
-def test_benchmark(benchmark, problem, backend, config, sizes, dtype, mode):
+@pytest.mark.parametrize(("problem", "backend", "config", "sizes", "dtype", "mode", "rounds"), list(_cases()))
+def test_benchmark(benchmark, problem, backend, config, sizes, dtype, mode, rounds):
     try:
         registry.check_runnable(backend, config, sizes, getattr(torch, dtype), DEVICE)
     except UnsupportedError as exc:
@@ -50,16 +50,13 @@ def test_benchmark(benchmark, problem, backend, config, sizes, dtype, mode):
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    benchmark.pedantic(synced, rounds=GRID.get("rounds", 3), warmup_rounds=1, iterations=1)
-    samples = [sweep.sample(fn, device, flush) for _ in range(GRID.get("rounds", 3))]
-    median = statistics.median(samples)
+    benchmark.pedantic(synced, rounds=rounds, warmup_rounds=1, iterations=1)
+    samples = [sweep.sample(fn, device, flush) for _ in range(rounds)]
     benchmark.extra_info.update({
-        "problem": problem.name, **sizes, "dtype": dtype, "mode": mode, "device": device.type,
+        **sweep.describe(problem, sizes, dtype, mode, DEVICE),
         "backend": backend.name, "config": config, "variant": registry.variant_name(backend, config),
-        "status": "ok", "time_s": median, "time_p20_s": sweep.percentile(samples, 0.2),
-        "time_p80_s": sweep.percentile(samples, 0.8), "samples_s": samples, "rounds": len(samples),
-        "peak_bytes": measure.peak_memory(fn, device), "rate": problem.work(sizes) / median,
-        "work": problem.work(sizes), "work_unit": problem.work_unit,
+        **sweep.measured(problem, sizes, dtype, mode, samples, measure.peak_memory(fn, device), inputs),
         "timing_method": "cuda-events, L2 flushed" if device.type == "cuda" else "perf_counter",
         "cache": "cold L2" if device.type == "cuda" else "warm", "env": sweep.environment(DEVICE),
+        "source": "pytest-benchmark",
     })
