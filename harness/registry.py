@@ -96,8 +96,11 @@ class Problem:
     claims: statements from the seed documents the report checks against the sweep,
         e.g. ``{"text": ..., "kind": "time_ratio", "numerator": "jacobian",
         "denominator": "vector", "mode": "backward_only", "sizes": {...}, "expected": 2000}``
-        or ``{"kind": "memory_ratio", "numerator_mode": "backward", "denominator_mode":
-        "forward", "expected": [3, 4]}`` (reports/html.py renders them).
+        or ``{"kind": "mode_ratio", "numerator_mode": "backward", "denominator_mode":
+        "forward", "value": "memory", "expected": "3-4x"}`` (reports/html.py renders them).
+    tolerance_reference: the backend whose run in the input dtype sets the error bound,
+        when the reference's own kernel is not a same-precision computation (torch's CPU
+        batch_norm accumulates float32 inputs in float64); default: `reference`.
     slack: ``slack(inputs64, dtype) -> {output: tensor}``, an elementwise error
         allowance where an output jumps within rounding distance of the inputs
         (a ReLU derivative at z ~ 0); see harness/tolerance.py. None: no jumps.
@@ -118,6 +121,7 @@ class Problem:
     axes: tuple[str, str] = ("batch", "batch")
     roofline: tuple[str, Mapping[str, float]] | None = None
     claims: tuple[Mapping[str, Any], ...] = ()
+    tolerance_reference: str | None = None
 
 
 _PROBLEMS: dict[str, Problem] = {}
@@ -302,3 +306,31 @@ def check_runnable(
                 f"{shape}, over the memory budget of {format_bytes(budget)} on "
                 f"{torch.device(device).type} (set FUSEDBENCH_MEMORY_BUDGET to change it)"
             )
+
+
+def resolve(
+    problem: str,
+    name: str,
+    config: str,
+    sizes: Mapping[str, int],
+    dtype: torch.dtype,
+    device: str | torch.device,
+    needs: frozenset[str] = frozenset(),
+) -> Backend:
+    """The backend to run: `name`, or with "auto" the highest-priority one that can run this.
+
+    needs: features the call requires (problem-defined, e.g. "grad"); a backend lacking one is refused.
+    """
+    candidates = sorted(backends(problem), key=lambda b: -b.priority) if name == "auto" else [backend(problem, name)]
+    reasons = []
+    for candidate in candidates:
+        try:
+            check_runnable(candidate, config, sizes, dtype, device)
+            if missing := needs - candidate.features:
+                raise UnsupportedError(f"backend {candidate.name!r} lacks feature(s) {sorted(missing)}")
+            return candidate
+        except UnsupportedError as exc:
+            if name != "auto":
+                raise
+            reasons.append(f"{candidate.name}: {exc}")
+    raise UnsupportedError("backend='auto' found no backend for these inputs:\n  " + "\n  ".join(reasons))

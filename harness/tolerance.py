@@ -38,6 +38,11 @@ forms each output as a difference of a k-sum and a target term (nll = lse - l_y
 and the like), good to FLOOR_ULPS ulps of those terms, not of the (possibly
 tiny) difference.
 
+Where the reference's own kernel is not a same-precision computation (torch's CPU
+batch_norm accumulates float32 statistics in float64, so its error is not what float32
+arithmetic achieves), the problem names another backend as its tolerance reference
+(Problem.tolerance_reference); the oracle is still the reference in float64.
+
 A reference error that is not finite (the dtype overflowed) raises rather than
 passing everything.
 """

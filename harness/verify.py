@@ -35,13 +35,15 @@ def ground_truth(problem, inputs, dtype):
     """(oracle, reference-in-dtype, slack) outputs for judging a backend on `inputs` of `dtype`.
 
     The oracle is the problem's reference backend, forward plus backward, on the
-    inputs upcast to float64; the second runs it in tolerance.reference_dtype(dtype).
+    inputs upcast to float64; the second runs the problem's tolerance reference (by
+    default the same backend) in tolerance.reference_dtype(dtype).
     """
     reference = registry.backend(problem.name, problem.reference)
     inputs64 = cast(inputs, torch.float64)
     oracle = problem.prepare(reference, "default", inputs64, "backward")()
     ref_inputs = cast(inputs, tolerance.reference_dtype(dtype))
-    in_dtype = problem.prepare(reference, "default", ref_inputs, "backward")()
+    same_precision = registry.backend(problem.name, problem.tolerance_reference or problem.reference)
+    in_dtype = problem.prepare(same_precision, "default", ref_inputs, "backward")()
     slack = problem.slack(inputs64, dtype) if problem.slack else None
     return oracle, in_dtype, slack
 

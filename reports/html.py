@@ -184,7 +184,7 @@ def _performance(rows: pd.DataFrame, meta: dict[str, Any]) -> str:
         ok["ms"] = 1e3 * ok["time_s"]
         claims = notes.get(problem, {}).get("claims", [])
         if claims:
-            text += "<h3>Claims from the seed documents</h3>" + claims_table(ok, claims)
+            text += "<h3>Claims from the seed documents</h3>" + claims_table(ok, claims, _ceilings(meta))
         for (mode, dtype), part in ok.groupby(["mode", "dtype"]):
             text += _mode_plots(part, f"{problem}, {mode}, {dtype}", _ceilings(meta))
         text += "<h3>Forward against forward + backward</h3>" + _split(ok)
@@ -220,16 +220,18 @@ def _mode_plots(part: pd.DataFrame, label: str, ceilings: dict[str, float]) -> s
     return text
 
 
-def claims_table(ok: pd.DataFrame, claims: list[dict[str, Any]]) -> str:
-    """Each claim with what this run measured, per device and dtype (rows: one problem's ok rows)."""
+def claims_table(ok: pd.DataFrame, claims: list[dict[str, Any]], ceilings: dict[str, float]) -> str:
+    """Each claim with what this run measured, per device and dtype (ok: one problem's timed rows)."""
     lines = []
     for claim in claims:
         for (device, dtype), part in ok.groupby(["device", "dtype"]):
-            lines.append((claim["text"], device, dtype, _claim_value(part, claim), str(claim.get("expected", ""))))
+            lines.append((claim["text"], device, dtype, claim_value(part, claim, ceilings),
+                          str(claim.get("expected", ""))))
     return _table(pd.DataFrame(lines, columns=["claim", "device", "dtype", "measured", "claimed"]))
 
 
-def _claim_value(part: pd.DataFrame, claim: dict[str, Any]) -> str:
+def claim_value(part: pd.DataFrame, claim: dict[str, Any], ceilings: dict[str, float]) -> str:
+    """The measured side of one claim (registry.Problem.claims documents the kinds)."""
     if claim["kind"] == "time_ratio":
         sel = part[part["mode"] == claim["mode"]]
         for size, value in claim.get("sizes", {}).items():
@@ -238,14 +240,25 @@ def _claim_value(part: pd.DataFrame, claim: dict[str, Any]) -> str:
         if claim["numerator"] not in times or claim["denominator"] not in times:
             return "not measured"
         return f"{times[claim['numerator']] / times[claim['denominator']]:.3g}x"
-    if claim["kind"] == "memory_ratio":
-        total = part["peak_bytes"] + part.get("input_bytes", 0)
-        pivot = part.assign(total=total).pivot_table(index=["variant", "shape"], columns="mode", values="total")
+    if claim["kind"] == "mode_ratio":
+        value = part["time_s"] if claim.get("value", "time") == "time" else \
+            part["peak_bytes"] + part.get("input_bytes", 0)
+        pivot = part.assign(value=value).pivot_table(index=["variant", "shape"], columns="mode", values="value")
         num, den = claim["numerator_mode"], claim["denominator_mode"]
         if num not in pivot or den not in pivot:
             return "not measured"
-        ratio = (pivot[num] / pivot[den]).dropna().groupby(level="variant")
-        return "; ".join(f"{v}: {r.median():.3g}x ({r.min():.3g}-{r.max():.3g})" for v, r in ratio)
+        ratios = (pivot[num] / pivot[den]).dropna()
+        if ratios.empty:
+            return "not measured"
+        return "; ".join(f"{v}: {r.median():.3g}x ({r.min():.3g}-{r.max():.3g})"
+                         for v, r in ratios.groupby(level="variant"))
+    if claim["kind"] == "ceiling_fraction":
+        sel = part[(part["variant"] == claim["variant"]) & part["mode"].isin(claim["modes"])]
+        if sel.empty or "ceiling_name" not in sel or sel["ceiling_name"].iloc[0] not in ceilings:
+            return "not measured"
+        fraction = sel["rate"] * sel["ceiling_per_unit"] / ceilings[sel["ceiling_name"].iloc[0]]
+        return "; ".join(f"{mode}: {f.max():.2f} at {sel.loc[f.idxmax(), 'shape']}"
+                         for mode, f in fraction.groupby(sel["mode"]))
     return f"unknown claim kind {claim['kind']!r}"
 
 

@@ -17,7 +17,13 @@ from harness.pytest_plugin import variant_params
 def test_builtins_are_registered():
     names = {b.name for b in registry.backends("sick_bide")}
     assert {"reference", "chunked"} <= names
-    assert [p.name for p in registry.problems()] == ["sick_bide"]
+    assert {p.name for p in registry.problems()} == {
+        "sick_bide", "softmax", "mlp", "linear", "batchnorm_relu", "conv1d", "max", "bmm"}
+    assert {b.name for b in registry.backends("softmax")} >= {"autograd", "jacobian", "vector", "triton"}
+    assert {b.name for b in registry.backends("mlp")} == {"autograd", "manual", "recompute"}
+    for problem in ("linear", "batchnorm_relu", "conv1d", "max", "bmm"):
+        assert {"autograd", "manual"} <= {b.name for b in registry.backends(problem)}
+    assert "triton" in {b.name for b in registry.backends("batchnorm_relu")}
 
 
 @pytest.fixture

@@ -206,30 +206,8 @@ def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> bool:
 def resolve(
     name: str, config: str, sizes: dict[str, int], dtype, device, needs: frozenset[str] = frozenset()
 ) -> registry.Backend:
-    """The backend to run: `name`, or with "auto" the highest-priority one that can run this.
-
-    needs: features the call requires ("grad" for gradient sums, "k_ranges" for a sub-range).
-    """
-    candidates = (
-        sorted(registry.backends(PROBLEM), key=lambda b: -b.priority)
-        if name == "auto"
-        else [registry.backend(PROBLEM, name)]
-    )
-    reasons = []
-    for backend in candidates:
-        try:
-            registry.check_runnable(backend, config, sizes, dtype, device)
-            if missing := needs - backend.features:
-                raise UnsupportedError(
-                    f"backend {backend.name!r} lacks feature(s) {sorted(missing)} "
-                    "('grad': gradient sums, 'k_ranges': a sub-range of codes)"
-                )
-            return backend
-        except UnsupportedError as exc:
-            if name != "auto":
-                raise
-            reasons.append(f"{backend.name}: {exc}")
-    raise UnsupportedError("backend='auto' found no backend for these inputs:\n  " + "\n  ".join(reasons))
+    """The backend to run (registry.resolve); needs: "grad" for gradient sums, "k_ranges" for a sub-range."""
+    return registry.resolve(PROBLEM, name, config, sizes, dtype, device, needs)
 
 
 # --------------------------------------------------------------------------- kernels

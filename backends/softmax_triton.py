@@ -1,0 +1,124 @@
+"""Softmax forward and backward as Triton kernels, one program per row.
+
+    forward   m = max_j x_j,  s = sum_j exp(x_j - m),  y_j = exp(x_j - m) / s
+    backward  dot = sum_j dy_j y_j,  dx_j = (dy_j - dot) y_j          (seed 003's vector form)
+
+Each kernel walks its row in blocks of BLOCK columns, twice: the first pass keeps a
+per-lane running max and normaliser (online softmax, rescaling s when the max grows)
+or the dot product; the second writes the output. For rows up to a few thousand
+columns the second pass reads from L1/L2, so DRAM traffic is the floor: forward reads
+x and writes y, backward reads y and dy and writes dx, in float32 registers whatever
+the input dtype. Memory-bound; the report shows the rate against the copy bandwidth.
+
+Rows: any batch (one program each); columns: any count (blocks loop). NaN or +inf in a
+row gives NaN across that row (as torch.softmax: inf - inf); -inf entries give 0.
+Limits: float32, float16, bfloat16 (float64 would need float64 registers: not offered).
+CUDA, or the CPU under TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+from torch import Tensor
+
+from harness import Backend
+
+TRITON_MISSING = importlib.util.find_spec("triton") is None
+if not TRITON_MISSING:
+    import triton
+    import triton.language as tl
+else:  # the module must import without triton, so that the registry can say why it is unavailable
+    triton = tl = None
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _jit(fn):
+    return fn if TRITON_MISSING else triton.jit(fn)
+
+
+@_jit
+def _softmax_forward(x_ptr, y_ptr, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    x_row, y_row = x_ptr + row * n_cols, y_ptr + row * n_cols
+    cols = tl.arange(0, BLOCK)
+    # Pass 1: per-lane running max m and normaliser s = sum exp(x - m).
+    m = tl.full([BLOCK], -float("inf"), tl.float32)
+    s = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=-float("inf")).to(tl.float32)
+        m_new = tl.maximum(m, x)
+        seen = m_new > -float("inf")          # lanes that saw only -inf keep s = 0, not exp(-inf + inf)
+        s = tl.where(seen, s * tl.exp(m - m_new) + tl.exp(x - m_new), 0.0)
+        m = m_new
+    m_row = tl.max(m, 0)
+    s_row = tl.sum(tl.where(m > -float("inf"), s * tl.exp(m - m_row), 0.0), 0)
+    # Pass 2: y = exp(x - m) / s.
+    for start in range(0, n_cols, BLOCK):
+        mask = start + cols < n_cols
+        x = tl.load(x_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+        y = tl.exp(x - m_row) / s_row
+        tl.store(y_row + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@_jit
+def _softmax_backward(y_ptr, dy_ptr, dx_ptr, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    y_row, dy_row, dx_row = y_ptr + row * n_cols, dy_ptr + row * n_cols, dx_ptr + row * n_cols
+    cols = tl.arange(0, BLOCK)
+    # Pass 1: dot = sum_j dy_j y_j.
+    acc = tl.zeros([BLOCK], tl.float32)
+    for start in range(0, n_cols, BLOCK):
+        mask = start + cols < n_cols
+        y = tl.load(y_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+        acc += y * dy
+    dot = tl.sum(acc, 0)
+    # Pass 2: dx = (dy - dot) y.
+    for start in range(0, n_cols, BLOCK):
+        mask = start + cols < n_cols
+        y = tl.load(y_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(tl.float32)
+        tl.store(dx_row + start + cols, ((dy - dot) * y).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _launch(n_cols: int, max_block: int) -> dict[str, int]:
+    block = min(triton.next_power_of_2(n_cols), max_block)
+    return {"BLOCK": block, "num_warps": 4 if block <= 1024 else 8}
+
+
+def _forward(x: Tensor, max_block: int = 4096) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """x [B, N] contiguous -> y [B, N] in x's dtype; y is saved for the backward."""
+    y = torch.empty_like(x)
+    _softmax_forward[(x.shape[0],)](x, y, x.shape[1], **_launch(x.shape[1], max_block))
+    return y, (y,)
+
+
+def _backward(saved, grad_outputs, needs, max_block: int = 4096) -> tuple[Tensor]:
+    (y,), (dy,) = saved, grad_outputs
+    dy = dy.contiguous()
+    dx = torch.empty_like(y)
+    _softmax_backward[(y.shape[0],)](y, dy, dx, y.shape[1], **_launch(y.shape[1], max_block))
+    return (dx,)
+
+
+def _unavailable(config: str) -> str | None:
+    return "triton is not installed (pip install 'fusedbench[triton]')" if TRITON_MISSING else None
+
+
+BACKENDS = [
+    Backend(
+        name="triton",
+        problem="softmax",
+        kernels={"forward": _forward, "backward": _backward},
+        devices=("cuda", "cpu") if INTERPRET else ("cuda",),
+        dtypes=(torch.float32, torch.float16, torch.bfloat16),
+        configs={"default": {}, "block1024": {"max_block": 1024}},
+        unavailable=_unavailable,
+        priority=2,
+        summary="fused row kernels, online max and sum, float32 registers (two passes per row)",
+    )
+]
