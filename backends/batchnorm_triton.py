@@ -32,6 +32,7 @@ from torch import Tensor
 
 from harness import Backend
 from harness.problems.layers import EPS
+from harness.triton_helpers import rounded
 
 TRITON_MISSING = importlib.util.find_spec("triton") is None
 if not TRITON_MISSING:
@@ -92,7 +93,7 @@ def _bn_relu_forward(x_ptr, w_ptr, b_ptr, y_ptr, mu_ptr, rstd_ptr, n_channels, l
         x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
         _, pre = _pre_activation(x, mu, rstd, w, b)
         y = tl.where(pre < 0, 0.0, pre)                  # relu that keeps NaN, as torch's
-        tl.store(y_ptr + offsets, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_ptr + offsets, rounded(y, y_ptr.dtype.element_ty), mask=mask)
     tl.store(mu_ptr + channels, mu, mask=on)
     tl.store(rstd_ptr + channels, rstd, mask=on)
 
@@ -125,7 +126,7 @@ def _bn_relu_backward(x_ptr, dy_ptr, w_ptr, b_ptr, mu_ptr, rstd_ptr, dx_ptr, dw_
         xhat, pre = _pre_activation(x, mu, rstd, w, b)
         g = tl.where(pre <= 0, 0.0, dy)
         dx = (w * rstd)[None, :] * (g - db[None, :] / count - xhat * dw[None, :] / count)
-        tl.store(dx_ptr + offsets, dx.to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_ptr + offsets, rounded(dx, dx_ptr.dtype.element_ty), mask=mask)
     tl.store(dw_ptr + channels, dw, mask=on)
     tl.store(db_ptr + channels, db, mask=on)
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from harness import Backend
+from harness.triton_helpers import rounded
 
 TRITON_MISSING = importlib.util.find_spec("triton") is None
 if not TRITON_MISSING:
@@ -48,20 +49,23 @@ def _softmax_forward(x_ptr, y_ptr, n_cols, BLOCK: tl.constexpr):
     # Pass 1: per-lane running max m and normaliser s = sum exp(x - m).
     m = tl.full([BLOCK], -float("inf"), tl.float32)
     s = tl.zeros([BLOCK], tl.float32)
+    nans = tl.zeros([BLOCK], tl.int32)        # max() may drop a NaN (fmax semantics): count them apart
     for start in range(0, n_cols, BLOCK):
         x = tl.load(x_row + start + cols, mask=start + cols < n_cols, other=-float("inf")).to(tl.float32)
+        nans += (x != x).to(tl.int32)
         m_new = tl.maximum(m, x)
         seen = m_new > -float("inf")          # lanes that saw only -inf keep s = 0, not exp(-inf + inf)
         s = tl.where(seen, s * tl.exp(m - m_new) + tl.exp(x - m_new), 0.0)
         m = m_new
     m_row = tl.max(m, 0)
     s_row = tl.sum(tl.where(m > -float("inf"), s * tl.exp(m - m_row), 0.0), 0)
+    s_row = tl.where(tl.sum(nans, 0) > 0, float("nan"), s_row)
     # Pass 2: y = exp(x - m) / s.
     for start in range(0, n_cols, BLOCK):
         mask = start + cols < n_cols
         x = tl.load(x_row + start + cols, mask=mask, other=0.0).to(tl.float32)
         y = tl.exp(x - m_row) / s_row
-        tl.store(y_row + start + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
+        tl.store(y_row + start + cols, rounded(y, y_ptr.dtype.element_ty), mask=mask)
 
 
 @_jit
@@ -82,7 +86,7 @@ def _softmax_backward(y_ptr, dy_ptr, dx_ptr, n_cols, BLOCK: tl.constexpr):
         mask = start + cols < n_cols
         y = tl.load(y_row + start + cols, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_row + start + cols, mask=mask, other=0.0).to(tl.float32)
-        tl.store(dx_row + start + cols, ((dy - dot) * y).to(dx_ptr.dtype.element_ty), mask=mask)
+        tl.store(dx_row + start + cols, rounded((dy - dot) * y, dx_ptr.dtype.element_ty), mask=mask)
 
 
 def _launch(n_cols: int, max_block: int) -> dict[str, int]:

@@ -55,7 +55,8 @@ class Layer:
         (default: standard normal); problems that need well-conditioned inputs say so.
     cases: size classes verified on every device; cuda_cases: added on CUDA.
     work, work_unit, grids, axes, roofline, claims: as in registry.Problem.
-    reference / tolerance_reference: as in registry.Problem.
+    reference / tolerance_reference / slack: as in registry.Problem; `absolute_slack`
+        gives the slack of ops built from products, sums and ReLUs.
     check: ``check(sizes)`` raising InputError for sizes the op itself refuses (beyond
         every size being >= 1, which validation always requires).
     """
@@ -75,6 +76,7 @@ class Layer:
     claims: tuple[Mapping[str, Any], ...] = ()
     reference: str = "autograd"
     tolerance_reference: str | None = None
+    slack: Callable[[Mapping[str, Tensor], torch.dtype], dict[str, Tensor]] | None = None
     check: Callable[[Mapping[str, int]], None] | None = None
 
 
@@ -252,6 +254,32 @@ def prepare(layer: Layer, backend: registry.Backend, config: str, inputs: Mappin
     raise ValueError(f"mode must be 'forward', 'backward' or 'backward_only', got {mode!r}")
 
 
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """FLOOR_ULPS ulps of the accumulation dtype of `dtype` inputs (float32 for half precision)."""
+    from harness import tolerance
+
+    return tolerance.FLOOR_ULPS * tolerance.eps(torch.float64 if dtype == torch.float64 else torch.float32)
+
+
+def absolute_slack(name: str, depth: int = 1):
+    """Slack for ops built from products, sums and ReLUs (Linear, Conv1d, bmm, the MLP).
+
+    Rounding an output that is a sum of terms moves it by about u times the sum of the
+    terms' magnitudes, however much the terms cancel; running the float64 reference on
+    |inputs| and |upstream gradients| computes those magnitudes for every output and
+    gradient at once (each node's value there bounds the sum of |terms| at that node,
+    ReLUs included). `depth` chained products each add their rounding.
+    """
+    def slack(inputs: Mapping[str, Tensor], dtype: torch.dtype) -> dict[str, Tensor]:
+        spec = get(name)
+        magnitudes = {k: v.double().abs() for k, v in inputs.items()}
+        reference = registry.backend(name, spec.reference)
+        bound = prepare(spec, reference, "default", magnitudes, "backward")()
+        return {k: depth * unit_roundoff(dtype) * v for k, v in bound.items()}
+
+    return slack
+
+
 def problem(layer: Layer) -> registry.Problem:
     """The registry Problem of a layer: the core sees only these fields."""
     _LAYERS[layer.name] = layer
@@ -273,4 +301,5 @@ def problem(layer: Layer) -> registry.Problem:
         roofline=layer.roofline,
         claims=layer.claims,
         tolerance_reference=layer.tolerance_reference,
+        slack=layer.slack,
     )

@@ -1,4 +1,4 @@
-"""Hypothesis strategies for the SICK-BIDE properties: the only place inputs are generated.
+"""Hypothesis strategies for the properties of every problem: the only place inputs are generated.
 
 A drawn `Case` is plain data (sizes, dtype, a kind of values, a scale and a
 seed); `Case.tensors(device)` builds the tensors from it deterministically, so
@@ -16,9 +16,12 @@ from dataclasses import dataclass
 import torch
 from hypothesis import strategies as st
 
+from harness import layer
+from harness.errors import InputError
 from harness.problems import sick_bide
 
-__all__ = ["KINDS", "Case", "cases", "cases_for", "dtypes", "split_points"]
+__all__ = ["KINDS", "LAYER_KINDS", "Case", "LayerCase", "cases", "cases_for", "dtypes", "layer_cases",
+           "split_points"]
 
 # What the values look like; each probes one part of the contract.
 KINDS = (
@@ -160,3 +163,64 @@ def split_points(draw, n_bits: int, count: int) -> list[int]:
     """`count` sorted cut points in [0, 2^n], ends included, repeats allowed (empty ranges)."""
     inner = draw(st.lists(st.integers(0, 1 << n_bits), min_size=count, max_size=count))
     return [0, *sorted(inner), 1 << n_bits]
+
+
+# ----------------------------------------------------------------------------- layer problems
+
+LAYER_KINDS = (
+    "normal",    # the problem's own well-conditioned draws (harness/problems/*.py `values`)
+    "integer",   # small integers: ties in max, exact zeros before a ReLU, constant BatchNorm channels
+    "nan",       # one NaN in one input: NaN exactly where the float64 oracle has it (an inf is not
+                 # promised anything: x inf - inf depends on how a backend arranges the algebra)
+    "wide",      # the first input 30x larger: softmax logits far apart, large activations
+)
+
+
+@dataclass(frozen=True)
+class LayerCase:
+    """One drawn input of a layer problem; `tensors(device)` rebuilds it deterministically."""
+
+    problem: str
+    sizes: tuple[tuple[str, int], ...]
+    dtype: str = "float32"
+    kind: str = "normal"
+    seed: int = 0
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    def tensors(self, device: str | torch.device) -> dict[str, torch.Tensor]:
+        """The layer's inputs and grad_<output> tensors, in the case's dtype on `device`."""
+        spec = layer.get(self.problem)
+        values = layer.make_inputs(spec, dict(self.sizes), torch.float64, "cpu", self.seed)
+        gen = torch.Generator().manual_seed(self.seed + 1)
+        names = list(spec.inputs)
+        if self.kind == "integer":
+            for name in names:
+                values[name] = torch.randint(-2, 3, values[name].shape, generator=gen).double()
+        elif self.kind == "nan":
+            target = values[names[int(torch.randint(len(names), (1,), generator=gen))]].view(-1)
+            where = int(torch.randint(target.numel(), (1,), generator=gen))
+            target[where] = math.nan
+        elif self.kind == "wide":
+            values[names[0]] *= 30
+        return {k: v.to(self.torch_dtype).to(device) for k, v in values.items()}
+
+
+@st.composite
+def layer_cases(draw, problem: str, *, dtype_names: st.SearchStrategy[str], max_size: int = 40,
+                max_batch: int = 9, kinds: tuple[str, ...] = LAYER_KINDS) -> LayerCase:
+    """Sizes for every symbol of one of the problem's input shapes (batch up to max_batch)."""
+    spec = layer.get(problem)
+    shapes = [s if isinstance(s, list) else [s] for s in spec.inputs.values()]
+    first = draw(st.sampled_from(shapes[0]), label="shape of the first input")
+    symbols = dict.fromkeys([*first, *(x for alts in shapes[1:] for x in alts[0])])
+    sizes = {x: draw(st.integers(1, max_batch if x == "batch" else max_size), label=x) for x in symbols}
+    if spec.check:
+        try:
+            spec.check(sizes)
+        except InputError:
+            sizes["batch"] = max(2, sizes["batch"])
+    return LayerCase(problem=problem, sizes=tuple(sizes.items()), dtype=draw(dtype_names, label="dtype"),
+                     kind=draw(st.sampled_from(kinds), label="kind"), seed=draw(st.integers(0, 2**31 - 1)))

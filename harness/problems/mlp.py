@@ -52,6 +52,7 @@ LAYER = layer.Layer(
     work=work,
     work_unit="flops",
     values=_values,
+    slack=layer.absolute_slack("mlp", depth=2),
     grids={
         "cpu": {"sizes": {"batch": [64, 512], "d_model": [256], "d_ff": [1024]},
                 "mode": ["forward", "backward", "backward_only"]},

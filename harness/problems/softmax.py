@@ -29,6 +29,27 @@ def work(sizes: Mapping[str, int], dtype: torch.dtype, mode: str) -> float:
     return float(_ELEMENTS_MOVED[mode] * sizes["batch"] * sizes["features"] * dtype.itemsize)
 
 
+def slack(inputs: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """First-order rounding allowances (harness/tolerance.py), in float64.
+
+    y_j = exp(x_j - m) / s is good to a relative u A_j with A_j = |x_j - m| + sum_k y_k |x_k - m| + 1
+    (the exponent's argument is rounded, then the normaliser). dx_j = (dy_j - dot) y_j is a
+    difference: good to u of its terms (|dy_j| + sum |dy| y) y_j, not of the result, plus y's own
+    error times |dy_j - dot| and the error dot inherits from every y_k. A row whose logits are
+    hundreds apart has y_j = 1 - 1e-72 rounding to 1, and the float64 oracle itself then returns
+    dx_j = 0 where the exact value is -5e-72: only the terms' scale is meaningful there.
+    """
+    u = layer.unit_roundoff(dtype)
+    x, dy = inputs["x"].double(), inputs["grad_y"].double()
+    y = torch.softmax(x, dim=-1)
+    spread = (x - x.max(-1, keepdim=True).values).abs()
+    A = spread + (y * spread).sum(-1, keepdim=True) + 1
+    dot = (dy * y).sum(-1, keepdim=True)
+    d_dot = u * (dy.abs() * y * (1 + A)).sum(-1, keepdim=True)
+    dx = u * y * (dy.abs() + (dy.abs() * y).sum(-1, keepdim=True) + (dy - dot).abs() * A) + y * d_dot
+    return {"y": (u * y * A).nan_to_num(0.0), "dx": dx.nan_to_num(0.0)}
+
+
 def _values(name: str, shape: tuple[int, ...], gen: torch.Generator) -> torch.Tensor:
     """Logits spread over a few units, as a network's would be."""
     return 3.0 * torch.randn(shape, generator=gen, dtype=torch.float64)
@@ -50,6 +71,7 @@ LAYER = layer.Layer(
     work=work,
     work_unit="bytes",
     values=_values,
+    slack=slack,
     grids={
         "cpu": {"sizes": [{"batch": [32], "features": [64, 256, 512, 1024]},
                           {"batch": [1024], "features": [512]}],
