@@ -3,12 +3,18 @@
     forward   m = max_j x_j,  s = sum_j exp(x_j - m),  y_j = exp(x_j - m) / s
     backward  dot = sum_j dy_j y_j,  dx_j = (dy_j - dot) y_j          (seed 003's vector form)
 
-Each kernel walks its row in blocks of BLOCK columns, twice: the first pass keeps a
-per-lane running max and normaliser (online softmax, rescaling s when the max grows)
-or the dot product; the second writes the output. For rows up to a few thousand
-columns the second pass reads from L1/L2, so DRAM traffic is the floor: forward reads
-x and writes y, backward reads y and dy and writes dx, in float32 registers whatever
-the input dtype. Memory-bound; the report shows the rate against the copy bandwidth.
+Two kernel shapes per direction (configs):
+
+* row (default, for rows up to MAX_ROW columns): the whole row sits in registers, so each
+  element is read once and written once, the floor of the memory traffic: forward reads x
+  and writes y, backward reads y and dy and writes dx.
+* looped (the `looped` config, and rows longer than MAX_ROW): the row is walked in blocks of
+  BLOCK columns, twice: the first pass keeps a per-lane running max and normaliser (online
+  softmax, rescaling s when the max grows) or the dot product, the second writes the output,
+  re-reading its inputs (from L2 when enough rows fit there, else from DRAM).
+
+Float32 registers whatever the input dtype. Memory-bound; the report shows the achieved rate
+against the measured copy bandwidth.
 
 Rows: any batch (one program each); columns: any count (blocks loop). NaN or +inf in a
 row gives NaN across that row (as torch.softmax: inf - inf); -inf entries give 0.
@@ -39,6 +45,30 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 def _jit(fn):
     return fn if TRITON_MISSING else triton.jit(fn)
+
+
+@_jit
+def _softmax_forward_row(x_ptr, y_ptr, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    x = tl.load(x_ptr + row * n_cols + cols, mask=mask, other=-float("inf")).to(tl.float32)
+    m = tl.max(x, 0)
+    e = tl.exp(x - m)                          # a row of -inf gives NaN, as torch.softmax does
+    s = tl.sum(e, 0)
+    s = tl.where(tl.sum((x != x).to(tl.int32), 0) > 0, float("nan"), s)   # max() may drop a NaN
+    tl.store(y_ptr + row * n_cols + cols, rounded(e / s, y_ptr.dtype.element_ty), mask=mask)
+
+
+@_jit
+def _softmax_backward_row(y_ptr, dy_ptr, dx_ptr, n_cols, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    y = tl.load(y_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + row * n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    dot = tl.sum(y * dy, 0)
+    tl.store(dx_ptr + row * n_cols + cols, rounded((dy - dot) * y, dx_ptr.dtype.element_ty), mask=mask)
 
 
 @_jit
@@ -89,23 +119,32 @@ def _softmax_backward(y_ptr, dy_ptr, dx_ptr, n_cols, BLOCK: tl.constexpr):
         tl.store(dx_row + start + cols, rounded((dy - dot) * y, dx_ptr.dtype.element_ty), mask=mask)
 
 
-def _launch(n_cols: int, max_block: int) -> dict[str, int]:
-    block = min(triton.next_power_of_2(n_cols), max_block)
-    return {"BLOCK": block, "num_warps": 4 if block <= 1024 else 8}
+MAX_ROW = 16384     # columns held in registers: 32 float32 per thread at 16 warps
 
 
-def _forward(x: Tensor, max_block: int = 4096) -> tuple[Tensor, tuple[Tensor, ...]]:
+def _launch(n_cols: int, looped: bool, max_block: int = 4096) -> tuple[bool, dict[str, int]]:
+    """(whole row in registers?, launch options) for rows of n_cols columns."""
+    row = not looped and triton.next_power_of_2(n_cols) <= MAX_ROW
+    block = triton.next_power_of_2(n_cols) if row else min(triton.next_power_of_2(n_cols), max_block)
+    return row, {"BLOCK": block, "num_warps": 4 if block <= 1024 else 8 if block <= 4096 else 16}
+
+
+def _forward(x: Tensor, looped: bool = False) -> tuple[Tensor, tuple[Tensor, ...]]:
     """x [B, N] contiguous -> y [B, N] in x's dtype; y is saved for the backward."""
     y = torch.empty_like(x)
-    _softmax_forward[(x.shape[0],)](x, y, x.shape[1], **_launch(x.shape[1], max_block))
+    row, options = _launch(x.shape[1], looped)
+    kernel = _softmax_forward_row if row else _softmax_forward
+    kernel[(x.shape[0],)](x, y, x.shape[1], **options)
     return y, (y,)
 
 
-def _backward(saved, grad_outputs, needs, max_block: int = 4096) -> tuple[Tensor]:
+def _backward(saved, grad_outputs, needs, looped: bool = False) -> tuple[Tensor]:
     (y,), (dy,) = saved, grad_outputs
     dy = dy.contiguous()
     dx = torch.empty_like(y)
-    _softmax_backward[(y.shape[0],)](y, dy, dx, y.shape[1], **_launch(y.shape[1], max_block))
+    row, options = _launch(y.shape[1], looped)
+    kernel = _softmax_backward_row if row else _softmax_backward
+    kernel[(y.shape[0],)](y, dy, dx, y.shape[1], **options)
     return (dx,)
 
 
@@ -120,9 +159,9 @@ BACKENDS = [
         kernels={"forward": _forward, "backward": _backward},
         devices=("cuda", "cpu") if INTERPRET else ("cuda",),
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
-        configs={"default": {}, "block1024": {"max_block": 1024}},
+        configs={"default": {}, "looped": {"looped": True}},
         unavailable=_unavailable,
         priority=2,
-        summary="fused row kernels, online max and sum, float32 registers (two passes per row)",
+        summary="fused row kernels in float32 registers: one read per element, or an online two-pass loop",
     )
 ]
