@@ -1,37 +1,32 @@
 """CuPy RawKernel: the SICK-BIDE loss in CUDA C, compiled at run time by NVRTC.
 
-A block of 128 threads owns one work item (a row and a chunk of its codes). Split a
-code k = (q << n_lo) | p: thread t owns the lo code p = t (n_lo = min(n, 7)) and keeps
-its hidden units in registers (H is compiled in):
+Two kernel families, both with r folded into meet-in-the-middle tables,
 
-    qlo[h] = c_h P_lo[p, h],    c_h = |r_h| (1 where r_h = 0),  s_h = sign r_h
-    qhi[q, h] = -c_h (P_low[q mod 32, h] + P_high[q div 32, h])      (shared memory, per batch)
-    l[p, q] = R[q] + sum_h s_h max(qlo[h], qhi[q, h])                 (one FMNMX + one FFMA)
+    qlo = c P_lo,   qhi = -c P_hi,   c = |r| (1 where r = 0),  s = sign r,
+    l = sum_h s_h max(qlo[h], qhi[h]) + sum_h r_h P_hi[h]       (one FMNMX + one FFMA per triple)
 
-so relu(z) = max(a, -b) + b with r folded in, and the mask of the gradient sums is the
-same comparison, 1[z > 0] = 1[qlo > qhi]. Logits are in base 2 (c and r carry log2 e).
-The hi codes are walked in batches of 32 (the low 5 hi bits vary inside a batch, the
-rest are constant, so the batch's table is P_low plus one vector).
+so r relu(z) = s max(c P_lo, -c P_hi) + r P_hi and the gradient mask is the same comparison,
+1[z > 0] = 1[qlo > qhi]. Logits are in base 2 (c and r carry log2 e).
 
-Forward kernel: each thread keeps its own online softmax (m, s); the block merges the
-128 states once at the end. Fused kernel: one block-wide max per batch so that all
-threads share a scale, then per (q, h):
+`tiles` (backends/cupy_tiles.cu, the default): a tile is 32 lo x 128 mid codes for one top
+pattern; each of 128 threads owns a 4 x 8 block of it, so a hidden unit costs three 16-byte
+shared loads for 32 (max, fma) pairs with 32 independent accumulators. The gradient sums add
+a compare and two predicated adds per triple (the block's marginals over lo and mid codes),
+combined across threads by a fixed-order staged reduction: ~2.3 instructions per triple
+forward, ~7 fused (SASS). Shared memory is dynamic, sized from H.
 
-    A = e[p, q] 1[qlo > qhi]     G_lo[h] += A    (registers: lo bits of D, no reduction)
-    Sum_p A over the warp by a shared-memory transpose (lane h sums column h), then
-    D_hi[h, j] += b_qj Sum_p A   (lane h keeps its hidden unit's hi bits in registers)
-
-Cost per triple: forward about 2.3 instructions (max, fma, a quarter of a 16-byte shared
-load); fused about 8 (compare, select, two adds, the transpose's store, load and add).
-What CUDA C buys over Triton here: per-thread register arrays indexed by h (the G_lo
-accumulators and the per-lane D_hi), explicit shared-memory transposes instead of
-shuffle trees, and a one-instruction predicated max. PERFORMANCE.md has the numbers.
+`lo_per_thread` (backends/cupy_mitm.cu): thread t owns lo code p = t (n_lo = min(n, 7)) with
+its hidden units in registers (H compiled in, up to 64) and walks the hi codes in batches of
+32; the fused kernel sums A = e 1[qlo > qhi] over the warp's lo codes by a shared-memory
+transpose per (code, 32 hidden units). ~2.3 instructions per triple forward, ~8 fused, but
+latency-bound at 25% (12.5% fused) occupancy (PERFORMANCE.md).
 
 Launches on torch's current stream of the input's device (cupy ExternalStream), reads
 and writes torch tensors zero-copy (DLPack), allocates nothing itself (the partial-state
 workspace for small batches comes from torch's allocator, so peak memory counts it).
-Limits: n_bits 1..32, H up to 64 (registers sized for 32 or 64 units, compiled once each), any B; float32, float16 and
-bfloat16 inputs (tables and accumulation in float32); CUDA only.
+No atomics: repeated calls agree to the last bit.
+Limits: n_bits 1..32, H up to 64, any B; float32, float16 and bfloat16 inputs (tables and
+accumulation in float32); CUDA only.
 """
 
 from __future__ import annotations
@@ -39,6 +34,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+import pathlib
 
 import torch
 
@@ -46,255 +42,12 @@ from harness import Backend
 from harness.problems.sick_bide import PartialState, merge_chunks
 
 CUPY_MISSING = importlib.util.find_spec("cupy") is None
-THREADS = 128          # lo codes per block: n_lo = min(n, 7)
+THREADS = 128          # both families
+MAX_HIDDEN = 64        # lo_per_thread's register arrays; tiles' shared memory at 64 units is 126 KB
+# Tile geometry of cupy_tiles.cu (P lo codes x Q mid codes, HG units per staged reduction).
+TILE_P, TILE_Q, TILE_QA, TILE_QB, TILE_HG, TILE_TP, TILE_TQ, TILE_CSTRIDE = 32, 128, 32, 4, 4, 8, 16, 132
 
-SOURCE = r"""
-#define THREADS 128
-#define WARPS (THREADS / 32)
-#define QB 32
-#define NHI_MAX 32
-#define NEG_INF (-__int_as_float(0x7f800000))
-// Shared memory: two batch tables, then the per-warp transpose; the end-of-item merges reuse it all.
-#define SMEM_FLOATS (2 * QB * HP + WARPS * 32 * 33)
-
-__device__ __forceinline__ float bitsign(long long k, int j) { return ((k >> j) & 1) ? 1.f : -1.f; }
-
-__device__ __forceinline__ float warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-
-__device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) {
-    for (int o = 16; o > 0; o >>= 1) {
-        float u = __shfl_xor_sync(0xffffffffu, v, o);
-        v = is_max ? fmaxf(v, u) : v + u;
-    }
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    v = red[0];
-    for (int w = 1; w < WARPS; ++w) v = is_max ? fmaxf(v, red[w]) : v + red[w];
-    return v;
-}
-
-// One work item per block: row = blockIdx.x / chunks, hi codes [qa, qb_end) of that row.
-template <bool GRAD>
-__device__ void sick_bide_item(const float* __restrict__ W, const float* __restrict__ r,
-                               float* __restrict__ m_out, float* __restrict__ s_out, float* __restrict__ d_out,
-                               int n_hidden, int n_bits, int n_lo, long long k_start, long long k_stop,
-                               long long q_first, long long q_last, int chunks, long long q_per_chunk)
-{
-    __shared__ __align__(16) float smem[SMEM_FLOATS];
-    __shared__ float c_s[HP], r_s[HP], sgn_s[HP], high_s[HP], rq_s[QB], red_s[WARPS];
-    float (*plow_s)[HP] = reinterpret_cast<float (*)[HP]>(smem);             // [QB][HP]
-    float (*qhi_s)[HP] = reinterpret_cast<float (*)[HP]>(smem + QB * HP);    // [QB][HP]
-    float (*tr_s)[32][33] = reinterpret_cast<float (*)[32][33]>(smem + 2 * QB * HP);   // [WARPS][32][33]
-
-    const int item = blockIdx.x, row = item / chunks, chunk = item % chunks;
-    const int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    const int n_hi = n_bits - n_lo, n_low = min(5, n_hi);
-    const float* Wr = W + (size_t)row * n_hidden * n_bits;   // n_hidden <= HP, the register width compiled in
-    const float* rr = r + (size_t)row * n_hidden;
-    const long long qa = q_first + chunk * q_per_chunk;
-    const long long q_end = min(qa + q_per_chunk, q_last + 1);
-
-    for (int h = t; h < HP; h += THREADS) {
-        const float rv = h < n_hidden ? rr[h] : 0.f;
-        r_s[h] = rv * 1.4426950408889634f;
-        c_s[h] = (rv != 0.f ? fabsf(rv) : 1.f) * 1.4426950408889634f;
-        sgn_s[h] = rv > 0.f ? 1.f : (rv < 0.f ? -1.f : 0.f);
-    }
-    for (int i = t; i < QB * HP; i += THREADS) {      // P over the low 5 hi bits, the same for every batch
-        const int qq = i / HP, h = i % HP;
-        float acc = 0.f;
-        if (h < n_hidden) for (int j = 0; j < n_low; ++j) acc += Wr[h * n_bits + n_lo + j] * bitsign(qq, j);
-        plow_s[qq][h] = acc;
-    }
-    __syncthreads();
-
-    const int p = t;                                   // this thread's lo code
-    const bool p_ok = p < (1 << n_lo);
-    float qlo[HP], sg[HP], G[GRAD ? HP : 1];
-    #pragma unroll
-    for (int h = 0; h < HP; ++h) {
-        float acc = 0.f;
-        if (h < n_hidden) for (int j = 0; j < n_lo; ++j) acc += Wr[h * n_bits + j] * bitsign(p, j);
-        qlo[h] = c_s[h] * acc;
-        sg[h] = sgn_s[h];
-        if (GRAD) G[h] = 0.f;
-    }
-    float dhi[GRAD ? HP / 32 : 1][GRAD ? NHI_MAX : 1];
-    #pragma unroll
-    for (int g = 0; g < (GRAD ? HP / 32 : 1); ++g)
-        #pragma unroll
-        for (int j = 0; j < (GRAD ? NHI_MAX : 1); ++j) dhi[g][j] = 0.f;
-    float m = NEG_INF, s = 0.f;
-
-    for (long long qb = qa & ~31LL; qb < q_end; qb += QB) {
-        __syncthreads();                               // everyone is done with the last batch's table
-        if (t < HP) {
-            float high = 0.f;
-            if (t < n_hidden) for (int j = n_low; j < n_hi; ++j) high += Wr[t * n_bits + n_lo + j] * bitsign(qb, j);
-            high_s[t] = high;
-        }
-        __syncthreads();
-        for (int i = t; i < QB * HP; i += THREADS) {
-            const int qq = i / HP, h = i % HP;
-            qhi_s[qq][h] = -c_s[h] * (plow_s[qq][h] + high_s[h]);
-        }
-        if (t < QB) {
-            float acc = 0.f;
-            for (int h = 0; h < n_hidden; ++h) acc += r_s[h] * (plow_s[t][h] + high_s[h]);
-            rq_s[t] = acc;
-        }
-        __syncthreads();
-
-        float l[QB];
-        const bool interior = p_ok && qb >= qa && qb + QB <= q_end
-                              && (qb << n_lo) >= k_start && ((qb + QB) << n_lo) <= k_stop;
-        #pragma unroll
-        for (int qq = 0; qq < QB; qq += 4) {           // four independent fma chains for the latency
-            float a0 = rq_s[qq], a1 = rq_s[qq + 1], a2 = rq_s[qq + 2], a3 = rq_s[qq + 3];
-            const float4 *r0 = reinterpret_cast<const float4*>(qhi_s[qq]), *r1 = r0 + HP / 4;
-            const float4 *r2 = r1 + HP / 4, *r3 = r2 + HP / 4;
-            #pragma unroll
-            for (int h4 = 0; h4 < HP / 4; ++h4) {
-                const float4 b0 = r0[h4], b1 = r1[h4], b2 = r2[h4], b3 = r3[h4];
-                #define SB_STEP(c, h) \
-                    a0 = fmaf(sg[h], fmaxf(qlo[h], b0.c), a0); a1 = fmaf(sg[h], fmaxf(qlo[h], b1.c), a1); \
-                    a2 = fmaf(sg[h], fmaxf(qlo[h], b2.c), a2); a3 = fmaf(sg[h], fmaxf(qlo[h], b3.c), a3);
-                SB_STEP(x, 4 * h4) SB_STEP(y, 4 * h4 + 1) SB_STEP(z, 4 * h4 + 2) SB_STEP(w, 4 * h4 + 3)
-                #undef SB_STEP
-            }
-            l[qq] = a0; l[qq + 1] = a1; l[qq + 2] = a2; l[qq + 3] = a3;
-        }
-        if (!interior) {
-            #pragma unroll
-            for (int qq = 0; qq < QB; ++qq) {
-                const long long q = qb + qq, k = (q << n_lo) + p;
-                if (!p_ok || q < qa || q >= q_end || k < k_start || k >= k_stop) l[qq] = NEG_INF;
-            }
-        }
-        float mb = NEG_INF;
-        #pragma unroll
-        for (int qq = 0; qq < QB; ++qq) mb = fmaxf(mb, l[qq]);
-        if (GRAD) mb = block_reduce(mb, red_s, true);  // one scale for the whole block
-        const float m_new = fmaxf(m, mb);
-        if (m_new > m) {
-            const float alpha = exp2f(m - m_new);       // 0 on the first batch (m = -inf)
-            s *= alpha;
-            #pragma unroll
-            for (int h = 0; h < (GRAD ? HP : 0); ++h) G[h] *= alpha;
-            #pragma unroll
-            for (int g = 0; g < (GRAD ? HP / 32 : 0); ++g)
-                #pragma unroll
-                for (int j = 0; j < NHI_MAX; ++j) dhi[g][j] *= alpha;
-            m = m_new;
-        }
-        #pragma unroll
-        for (int qq = 0; qq < QB; ++qq) {
-            l[qq] = m == NEG_INF ? 0.f : exp2f(l[qq] - m);   // e, in place
-            s += l[qq];
-        }
-        if (GRAD) {
-            #pragma unroll 1
-            for (int qq = 0; qq < QB; ++qq) {
-                const float e = l[qq];
-                const long long q = qb + qq;
-                #pragma unroll
-                for (int g = 0; g < HP / 32; ++g) {
-                    #pragma unroll
-                    for (int hh = 0; hh < 32; ++hh) {
-                        const float a = qlo[32 * g + hh] > qhi_s[qq][32 * g + hh] ? e : 0.f;
-                        G[32 * g + hh] += a;
-                        tr_s[warp][lane][hh] = a;
-                    }
-                    __syncwarp();
-                    float c0 = 0.f, c1 = 0.f, c2 = 0.f, c3 = 0.f;   // lane hh: A over the warp's 32 lo codes
-                    #pragma unroll
-                    for (int i = 0; i < 32; i += 4) {
-                        c0 += tr_s[warp][i][lane]; c1 += tr_s[warp][i + 1][lane];
-                        c2 += tr_s[warp][i + 2][lane]; c3 += tr_s[warp][i + 3][lane];
-                    }
-                    const float col = (c0 + c1) + (c2 + c3);
-                    __syncwarp();
-                    #pragma unroll
-                    for (int j = 0; j < NHI_MAX; ++j)
-                        if (j < n_hi) dhi[g][j] += ((q >> j) & 1) ? col : -col;
-                }
-            }
-        }
-    }
-
-    // s over the block (forward threads first rescale their own m to the block's).
-    if (!GRAD) {
-        const float mb = block_reduce(m, red_s, true);
-        s = m == NEG_INF ? 0.f : s * exp2f(m - mb);
-        m = mb;
-    }
-    s = block_reduce(s, red_s, false);
-    if (t == 0) {
-        m_out[item] = m * 0.6931471805599453f;
-        s_out[item] = s;
-    }
-    if (!GRAD) return;
-
-    float* D = d_out + (size_t)item * n_hidden * n_bits;
-    // Lo bits: D[h, j] = sum_p b_pj G[p][h]. Transpose G through shared memory, then warp w folds
-    // n_hidden units w, w + 4, ...: lane holds p = lane + 32 i (i = 0..3), i.e. bits 5, 6 of p are i's.
-    float* G_s = smem;                                 // [THREADS][HP]
-    __syncthreads();
-    #pragma unroll
-    for (int h = 0; h < HP; ++h) G_s[t * HP + h] = p_ok ? G[h] : 0.f;
-    __syncthreads();
-    for (int h = warp; h < n_hidden; h += WARPS) {
-        const float x0 = G_s[lane * HP + h], x1 = G_s[(lane + 32) * HP + h];
-        const float x2 = G_s[(lane + 64) * HP + h], x3 = G_s[(lane + 96) * HP + h];
-        const float total = (x0 + x1) + (x2 + x3);
-        for (int j = 0; j < n_lo; ++j) {
-            float v;
-            if (j < 5) v = ((lane >> j) & 1) ? total : -total;
-            else if (j == 5) v = (x1 + x3) - (x0 + x2);
-            else v = (x2 + x3) - (x0 + x1);
-            v = warp_sum(v);
-            if (lane == 0) D[h * n_bits + j] = v;
-        }
-    }
-    // Hi bits: lane hh of each warp holds n_hidden unit 32 g + hh, summed over the warp's lo codes.
-    __syncthreads();
-    float* dh_s = smem;                                // [WARPS][HP][NHI_MAX]
-    #pragma unroll
-    for (int g = 0; g < HP / 32; ++g)
-        #pragma unroll
-        for (int j = 0; j < NHI_MAX; ++j) dh_s[(warp * HP + 32 * g + lane) * NHI_MAX + j] = dhi[g][j];
-    __syncthreads();
-    for (int i = t; i < n_hidden * n_hi; i += THREADS) {
-        const int h = i / n_hi, j = i % n_hi;
-        float v = 0.f;
-        for (int w = 0; w < WARPS; ++w) v += dh_s[(w * HP + h) * NHI_MAX + j];
-        D[h * n_bits + n_lo + j] = v;
-    }
-}
-
-#ifndef MIN_BLOCKS
-#define MIN_BLOCKS 1
-#endif
-extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) sick_bide_forward(
-    const float* W, const float* r, float* m_out, float* s_out, int n_hidden, int n_bits, int n_lo,
-    long long k_start, long long k_stop, long long q_first, long long q_last, int chunks, long long q_per_chunk)
-{
-    sick_bide_item<false>(W, r, m_out, s_out, nullptr, n_hidden, n_bits, n_lo, k_start, k_stop, q_first, q_last,
-                          chunks, q_per_chunk);
-}
-
-extern "C" __global__ void __launch_bounds__(THREADS, MIN_BLOCKS) sick_bide_fused(
-    const float* W, const float* r, float* m_out, float* s_out, float* d_out, int n_hidden, int n_bits, int n_lo,
-    long long k_start, long long k_stop, long long q_first, long long q_last, int chunks, long long q_per_chunk)
-{
-    sick_bide_item<true>(W, r, m_out, s_out, d_out, n_hidden, n_bits, n_lo, k_start, k_stop, q_first, q_last,
-                         chunks, q_per_chunk);
-}
-"""
+SOURCES = {name: (pathlib.Path(__file__).with_name(f"{name}.cu")).read_text() for name in ("cupy_mitm", "cupy_tiles")}
 
 
 @functools.cache
@@ -305,7 +58,29 @@ def _kernel(name: str, padded_hidden: int, arch: str, min_blocks: int):
     import cupy
 
     options = ("-std=c++17", f"-arch={arch}", f"-DHP={padded_hidden}", f"-DMIN_BLOCKS={min_blocks}")
-    return cupy.RawModule(code=SOURCE, options=options).get_function(name)
+    return cupy.RawModule(code=SOURCES["cupy_mitm"], options=options).get_function(name)
+
+
+@functools.cache
+def _tiles_kernel(name: str, arch: str):
+    """A RawKernel of cupy_tiles.cu allowed the dynamic shared memory of the largest H.
+
+    CuPy memoizes compiled functions by source, name and options, so every RawKernel of the
+    same kernel shares one attribute: it is set once, to the limit, not per call size."""
+    import cupy
+
+    kernel = cupy.RawKernel(SOURCES["cupy_tiles"], name, options=("-std=c++17", f"-arch={arch}"))
+    kernel.max_dynamic_shared_size_bytes = _tiles_shared_bytes(MAX_HIDDEN, name.endswith("fused"))
+    return kernel
+
+
+def _tiles_shared_bytes(hidden: int, fused: bool) -> int:
+    """cupy_tiles.cu's table_floats (+ grad_floats when fused), in bytes."""
+    padded = TILE_HG * math.ceil(hidden / TILE_HG)
+    floats = padded * (TILE_P + TILE_Q + TILE_QA + TILE_QB + 4) + TILE_Q + 8
+    if fused:
+        floats += hidden * (TILE_P + TILE_Q + 32) + TILE_HG * (TILE_TQ * TILE_P + TILE_TP * TILE_CSTRIDE)
+    return 4 * floats
 
 
 @functools.cache
@@ -321,6 +96,7 @@ def partial_state(
     k_stop: int,
     out: PartialState,
     *,
+    tiles: bool = True,
     blocks_per_sm: int = 4,
     min_blocks: int = 6,
     fused_min_blocks: int = 3,
@@ -331,31 +107,43 @@ def partial_state(
     batch, hidden, n_bits = W.shape
     device = W.device.index if W.device.index is not None else torch.cuda.current_device()
     arch, sms = _device_facts(device)
-    padded = 32 * math.ceil(hidden / 32)
-    n_lo = min(n_bits, 7)
-    q_first, q_last = k_start >> n_lo, (k_stop - 1) >> n_lo
-    batches = (q_last >> 5) - (q_first >> 5) + 1
-    chunks = max(1, min(batches, math.ceil(blocks_per_sm * sms / batch)))
-    q_per_chunk = 32 * math.ceil(batches / chunks)                 # whole batches of 32 hi codes
-    chunks = math.ceil((q_last - q_first + 1) / q_per_chunk)
+    if tiles:   # codes = (tile << (n_lo + n_mid)) | (q << n_lo) | p; chunks are whole tiles
+        n_lo = min(n_bits, 5)
+        n_mid = min(n_bits - n_lo, 7)
+        first, last = k_start >> (n_lo + n_mid), (k_stop - 1) >> (n_lo + n_mid)
+        per_chunk_unit, units = 1, last - first + 1
+    else:       # codes = (q << n_lo) | p; chunks are whole batches of 32 hi codes
+        n_lo = min(n_bits, 7)
+        first, last = k_start >> n_lo, (k_stop - 1) >> n_lo
+        per_chunk_unit, units = 32, (last >> 5) - (first >> 5) + 1
+    chunks = max(1, min(units, math.ceil(blocks_per_sm * sms / batch)))
+    per_chunk = per_chunk_unit * math.ceil(units / chunks)
+    chunks = math.ceil((last - first + 1) / per_chunk)
     direct = chunks == 1
     f32 = torch.float32
     m_ws = out.m if direct else torch.empty(batch, chunks, dtype=f32, device=W.device)
     s_ws = out.s if direct else torch.empty(batch, chunks, dtype=f32, device=W.device)
+    fused = out.D is not None
     d_ws = None
+    if fused:
+        d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=f32, device=W.device)
     W32, r32 = W.to(f32).contiguous(), r.to(f32).contiguous()
-    tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int64(k_start), np.int64(k_stop), np.int64(q_first),
-            np.int64(q_last), np.int32(chunks), np.int64(q_per_chunk))
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
     with cupy.cuda.Device(device), stream:   # views made on torch's stream: no cross-stream wait
-        views = [cupy.from_dlpack(x) for x in (W32, r32, m_ws, s_ws)]
-        if out.D is None:
-            kernel = _kernel("sick_bide_forward", padded, arch, min_blocks)
-            kernel((batch * chunks,), (THREADS,), (*views, *tail))
+        views = [cupy.from_dlpack(x) for x in (W32, r32, m_ws, s_ws)] + ([cupy.from_dlpack(d_ws)] if fused else [])
+        if tiles:
+            tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int32(n_mid), np.int64(k_start),
+                    np.int64(k_stop), np.int64(first), np.int64(last), np.int32(chunks), np.int64(per_chunk))
+            shared = _tiles_shared_bytes(hidden, fused)
+            kernel = _tiles_kernel("sick_bide_tiles_fused" if fused else "sick_bide_tiles_forward", arch)
+            kernel((batch * chunks,), (THREADS,), (*views, *tail), shared_mem=shared)
         else:
-            d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=f32, device=W.device)
-            kernel = _kernel("sick_bide_fused", padded, arch, fused_min_blocks)
-            kernel((batch * chunks,), (THREADS,), (*views, cupy.from_dlpack(d_ws), *tail))
+            tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int64(k_start), np.int64(k_stop),
+                    np.int64(first), np.int64(last), np.int32(chunks), np.int64(per_chunk))
+            padded = 32 * math.ceil(hidden / 32)
+            kernel = _kernel("sick_bide_fused" if fused else "sick_bide_forward", padded, arch,
+                             fused_min_blocks if fused else min_blocks)
+            kernel((batch * chunks,), (THREADS,), (*views, *tail))
     if not direct:
         merge_chunks(m_ws, s_ws, d_ws, out)
 
@@ -373,11 +161,11 @@ BACKENDS = [
         kernels={"partial_state": partial_state},
         devices=("cuda",),
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
-        limits={"n_bits": (1, 32), "hidden": (1, 64)},
+        limits={"n_bits": (1, 32), "hidden": (1, MAX_HIDDEN)},
         features=frozenset({"grad", "k_ranges"}),
-        configs={"default": {}},
+        configs={"default": {}, "lo_per_thread": {"tiles": False}},
         unavailable=_unavailable,
         priority=5,
-        summary="CUDA C via CuPy RawModule (NVRTC): lo code per thread, registers per hidden unit",
+        summary="CUDA C via CuPy (NVRTC): register-tiled 4 x 8 codes per thread; or a lo code per thread",
     )
 ]

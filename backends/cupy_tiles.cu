@@ -1,0 +1,367 @@
+// SICK-BIDE partial states in CUDA C, register-tiled (the `cupy` backend's `tiles` kernels).
+//
+// A code k = (t << (n_lo + n_mid)) | (q << n_lo) | p. A tile is every (p, q) for one top
+// pattern t: P = 32 lo codes x Q = 128 mid codes. With r folded into meet-in-the-middle tables
+// (c = |r| log2 e, or log2 e where r = 0; s = sign r):
+//
+//     qlo[h, p] = c_h P_lo[h, p]                 qhi[h, q] = -c_h (P_mid[h, q] + P_top[h, t])
+//     l[p, q]   = sum_h s_h max(qlo[h, p], qhi[h, q]) + R_mid[q] + R_top[t]      (base 2)
+//
+// since r relu(a + b) = s max(c a, -c b) + r b. Each of the 128 threads owns a 4 x 8 block of
+// the tile (lo codes 4 tp + i, mid codes 8 tq + j), so one hidden unit costs it three 16-byte
+// shared loads for 32 (max, fma) pairs, with 32 independent accumulators to hide latency.
+//
+// Gradient sums, D[h, j] = sum_k e_k 1[z_kh > 0] b_kj with e_k = 2^(l_k - m): z > 0 exactly when
+// qlo > qhi (c > 0 keeps the sign, and c P, c (-P) round alike, so exact ties stay ties). With
+// A[h, p, q] = e[p, q] 1[qlo > qhi], the tile adds
+//
+//     G_lo[h, p] += sum_q A     G_mid[h, q] += sum_p A     D_top[h, j] += b_tj sum_pq A
+//
+// and D's lo and mid bits are sum_p b_pj G_lo[h, p] and sum_q b_qj G_mid[h, q] once per item.
+// A thread sums its own block in registers (a compare and two predicated adds per triple); the
+// 16 (resp. 8) threads sharing a lo (mid) code combine through a staged, fixed-order reduction
+// in shared memory, four hidden units at a time. No atomics: results are bitwise reproducible.
+//
+// One block per work item (a row and a range of tiles); the fused kernel keeps one scale m for
+// the whole block (a block max per tile), the forward kernel one per thread. Shared memory is
+// dynamic and sized by the host from the number of hidden units (shared_floats below).
+
+#define THREADS 128
+#define WARPS (THREADS / 32)
+#define TP 8                 // threads along lo codes
+#define TQ 16                // threads along mid codes
+#define AP 4                 // lo codes per thread
+#define BQ 8                 // mid codes per thread
+#define P (TP * AP)          // 32 lo codes: n_lo <= 5
+#define Q (TQ * BQ)          // 128 mid codes: n_mid <= 7
+#define QA 32                // P_mid[q] = P_a[q % 32] + P_b[q / 32]
+#define QB (Q / QA)
+#define HG 4                 // hidden units per staged reduction
+#define CSTRIDE (Q + 4)      // padded rows of the mid-code stage: conflict-free 16-byte stores
+#define NEG_INF (-__int_as_float(0x7f800000))
+#define LOG2E 1.4426950408889634f
+
+__device__ __forceinline__ float bitsign(long long k, int j) { return ((k >> j) & 1) ? 1.f : -1.f; }
+
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Every thread gets the block's max (is_max) or sum of v.
+__device__ __forceinline__ float block_reduce(float v, float* red, bool is_max) {
+    v = is_max ? warp_max(v) : warp_sum(v);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float out = red[0];
+    for (int w = 1; w < WARPS; ++w) out = is_max ? fmaxf(out, red[w]) : out + red[w];
+    return out;
+}
+
+struct Item {
+    const float* W;          // this row's W [H, n]
+    const float* r;          // this row's r [H]
+    int H, n_bits, n_lo, n_mid, n_top;
+    long long k_start, k_stop, t_begin, t_end, first_tile, last_tile;
+};
+
+__device__ Item make_item(const float* W, const float* r, int H, int n_bits, int n_lo, int n_mid,
+                          long long k_start, long long k_stop, long long first_tile, long long last_tile,
+                          int chunks, long long tiles_per_chunk) {
+    Item it;
+    const long long row = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+    it.W = W + row * H * n_bits;
+    it.r = r + row * H;
+    it.H = H; it.n_bits = n_bits; it.n_lo = n_lo; it.n_mid = n_mid; it.n_top = n_bits - n_lo - n_mid;
+    it.k_start = k_start; it.k_stop = k_stop; it.first_tile = first_tile; it.last_tile = last_tile;
+    it.t_begin = first_tile + chunk * tiles_per_chunk;
+    it.t_end = min(it.t_begin + tiles_per_chunk, last_tile + 1);
+    return it;
+}
+
+// Hidden units padded to a multiple of HG; the padded units' tables are zero (s = 0, no mask).
+__host__ __device__ constexpr int padded(int H) { return (H + HG - 1) / HG * HG; }
+// Shared memory, in floats, of a block (the host sizes the launch with the same formulas).
+__host__ __device__ constexpr int table_floats(int H) { return padded(H) * (P + Q + QA + QB + 4) + Q + 8; }
+__host__ __device__ constexpr int grad_floats(int H) { return H * (P + Q + 32) + HG * (TQ * P + TP * CSTRIDE); }
+
+struct Tables {
+    float *qlo, *qhi, *pa, *pb, *c, *sg, *r2, *ptop, *rmid, *red;
+};
+
+__device__ Tables carve(float* smem, int H) {
+    const int Hp = padded(H);
+    Tables tb;
+    tb.qlo = smem;               // [Hp][P]
+    tb.qhi = tb.qlo + Hp * P;    // [Hp][Q], per tile
+    tb.pa = tb.qhi + Hp * Q;     // [Hp][QA]
+    tb.pb = tb.pa + Hp * QA;     // [Hp][QB]
+    tb.c = tb.pb + Hp * QB;      // [Hp]
+    tb.sg = tb.c + Hp;
+    tb.r2 = tb.sg + Hp;
+    tb.ptop = tb.r2 + Hp;
+    tb.rmid = tb.ptop + Hp;      // [Q]
+    tb.red = tb.rmid + Q;        // [8]
+    return tb;
+}
+
+// The item's fixed tables: c, s, r log2 e, qlo, P_a, P_b and R_mid.
+__device__ void build_tables(const Item& it, const Tables& tb) {
+    const int t = threadIdx.x, H = it.H, Hp = padded(H), n_a = min(it.n_mid, 5);
+    for (int h = t; h < Hp; h += THREADS) {
+        const float rv = h < H ? it.r[h] : 0.f;
+        tb.r2[h] = rv * LOG2E;
+        tb.c[h] = (rv != 0.f ? fabsf(rv) : 1.f) * LOG2E;
+        tb.sg[h] = rv > 0.f ? 1.f : (rv < 0.f ? -1.f : 0.f);
+    }
+    __syncthreads();
+    for (int i = t; i < Hp * P; i += THREADS) {
+        const int h = i / P, p = i % P;
+        float acc = 0.f;
+        if (h < H) for (int j = 0; j < it.n_lo; ++j) acc += it.W[h * it.n_bits + j] * bitsign(p, j);
+        tb.qlo[i] = tb.c[h] * acc;
+    }
+    for (int i = t; i < Hp * QA; i += THREADS) {
+        const int h = i / QA, qa = i % QA;
+        float acc = 0.f;
+        if (h < H) for (int j = 0; j < n_a; ++j) acc += it.W[h * it.n_bits + it.n_lo + j] * bitsign(qa, j);
+        tb.pa[i] = acc;
+    }
+    for (int i = t; i < Hp * QB; i += THREADS) {
+        const int h = i / QB, qb = i % QB;
+        float acc = 0.f;
+        if (h < H) for (int j = n_a; j < it.n_mid; ++j) acc += it.W[h * it.n_bits + it.n_lo + j] * bitsign(qb, j - n_a);
+        tb.pb[i] = acc;
+    }
+    __syncthreads();
+    for (int q = t; q < Q; q += THREADS) {
+        float acc = 0.f;
+        for (int h = 0; h < H; ++h) acc += tb.r2[h] * (tb.pa[h * QA + q % QA] + tb.pb[h * QB + q / QA]);
+        tb.rmid[q] = acc;
+    }
+}
+
+// qhi and P_top of tile `tile`; returns R_top (base 2). Starts and ends with a barrier.
+__device__ float tile_tables(const Item& it, const Tables& tb, long long tile) {
+    const int t = threadIdx.x, H = it.H, Hp = padded(H), top0 = it.n_lo + it.n_mid;
+    __syncthreads();                                   // everyone is done with the last tile's qhi
+    for (int h = t; h < Hp; h += THREADS) {
+        float acc = 0.f;
+        if (h < H) for (int j = 0; j < it.n_top; ++j) acc += it.W[h * it.n_bits + top0 + j] * bitsign(tile, j);
+        tb.ptop[h] = acc;
+    }
+    __syncthreads();
+    for (int i = t; i < Hp * (Q / 4); i += THREADS) {  // four mid codes at a time
+        const int h = i / (Q / 4), q = 4 * (i % (Q / 4));
+        const float4 a = *reinterpret_cast<const float4*>(tb.pa + h * QA + q % QA);
+        const float b = tb.pb[h * QB + q / QA], top = tb.ptop[h], neg_c = -tb.c[h];
+        *reinterpret_cast<float4*>(tb.qhi + h * Q + q) = make_float4(
+            neg_c * ((a.x + b) + top), neg_c * ((a.y + b) + top), neg_c * ((a.z + b) + top), neg_c * ((a.w + b) + top));
+    }
+    float r_top = 0.f;                                 // every warp sums it: no extra barrier
+    for (int h = t & 31; h < H; h += 32) r_top += tb.r2[h] * tb.ptop[h];
+    r_top = warp_sum(r_top);
+    __syncthreads();
+    return r_top;
+}
+
+// l [AP][BQ] of this thread's block of `tile`; codes outside the tables or outside
+// [k_start, k_stop) are -inf.
+__device__ void tile_logits(const Item& it, const Tables& tb, long long tile, float r_top, float (&l)[AP][BQ]) {
+    const int tp = threadIdx.x % TP, tq = threadIdx.x / TP;
+    #pragma unroll
+    for (int j = 0; j < BQ; ++j) {
+        const float base = tb.rmid[tq * BQ + j] + r_top;
+        #pragma unroll
+        for (int i = 0; i < AP; ++i) l[i][j] = base;
+    }
+    #pragma unroll 4
+    for (int h = 0; h < it.H; ++h) {
+        const float4 lo = *reinterpret_cast<const float4*>(tb.qlo + h * P + tp * AP);
+        const float4 hi0 = *reinterpret_cast<const float4*>(tb.qhi + h * Q + tq * BQ);
+        const float4 hi1 = *reinterpret_cast<const float4*>(tb.qhi + h * Q + tq * BQ + 4);
+        const float s = tb.sg[h];
+        const float a[AP] = {lo.x, lo.y, lo.z, lo.w};
+        const float b[BQ] = {hi0.x, hi0.y, hi0.z, hi0.w, hi1.x, hi1.y, hi1.z, hi1.w};
+        #pragma unroll
+        for (int i = 0; i < AP; ++i)
+            #pragma unroll
+            for (int j = 0; j < BQ; ++j) l[i][j] = fmaf(s, fmaxf(a[i], b[j]), l[i][j]);
+    }
+    const int tile_bits = it.n_lo + it.n_mid;
+    const bool padded = it.n_lo < 5 || it.n_mid < 7;
+    if (padded || tile == it.first_tile || tile == it.last_tile) {
+        #pragma unroll
+        for (int i = 0; i < AP; ++i)
+            #pragma unroll
+            for (int j = 0; j < BQ; ++j) {
+                const int p = tp * AP + i, q = tq * BQ + j;
+                const long long k = (tile << tile_bits) + ((long long)q << it.n_lo) + p;
+                if (p >= (1 << it.n_lo) || q >= (1 << it.n_mid) || k < it.k_start || k >= it.k_stop)
+                    l[i][j] = NEG_INF;
+            }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_forward(
+    const float* W, const float* r, float* m_out, float* s_out, int H, int n_bits, int n_lo, int n_mid,
+    long long k_start, long long k_stop, long long first_tile, long long last_tile, int chunks,
+    long long tiles_per_chunk)
+{
+    extern __shared__ __align__(16) float smem[];
+    const Item it = make_item(W, r, H, n_bits, n_lo, n_mid, k_start, k_stop, first_tile, last_tile, chunks,
+                              tiles_per_chunk);
+    const Tables tb = carve(smem, H);
+    build_tables(it, tb);
+    float m = NEG_INF, s = 0.f;                        // this thread's online softmax
+    for (long long tile = it.t_begin; tile < it.t_end; ++tile) {
+        const float r_top = tile_tables(it, tb, tile);
+        float l[AP][BQ];
+        tile_logits(it, tb, tile, r_top, l);
+        float mt = NEG_INF;
+        #pragma unroll
+        for (int i = 0; i < AP; ++i)
+            #pragma unroll
+            for (int j = 0; j < BQ; ++j) mt = fmaxf(mt, l[i][j]);
+        const float m_new = fmaxf(m, mt);
+        if (m_new == NEG_INF) continue;                // nothing valid here yet
+        float acc = 0.f;
+        #pragma unroll
+        for (int i = 0; i < AP; ++i)
+            #pragma unroll
+            for (int j = 0; j < BQ; ++j) acc += exp2f(l[i][j] - m_new);
+        s = s * exp2f(m - m_new) + acc;                // 2^-inf = 0 on the first valid tile
+        m = m_new;
+    }
+    const float mb = block_reduce(m, tb.red, true);
+    s = m == NEG_INF ? 0.f : s * exp2f(m - mb);
+    s = block_reduce(s, tb.red, false);
+    if (threadIdx.x == 0) {
+        m_out[blockIdx.x] = mb * 0.6931471805599453f;
+        s_out[blockIdx.x] = s;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
+    const float* W, const float* r, float* m_out, float* s_out, float* d_out, int H, int n_bits, int n_lo,
+    int n_mid, long long k_start, long long k_stop, long long first_tile, long long last_tile, int chunks,
+    long long tiles_per_chunk)
+{
+    extern __shared__ __align__(16) float smem[];
+    const Item it = make_item(W, r, H, n_bits, n_lo, n_mid, k_start, k_stop, first_tile, last_tile, chunks,
+                              tiles_per_chunk);
+    const Tables tb = carve(smem, H);
+    float* g_lo = smem + table_floats(H);            // [H][P]
+    float* g_mid = g_lo + H * P;                      // [H][Q]
+    float* d_top = g_mid + H * Q;                     // [H][32]
+    float* rstage = d_top + H * 32;                   // [HG][TQ][P]
+    float* cstage = rstage + HG * TQ * P;             // [HG][TP][CSTRIDE]
+    const int t = threadIdx.x, tp = t % TP, tq = t / TP, lane = t & 31, warp = t >> 5;
+    for (int i = t; i < H * (P + Q + 32); i += THREADS) g_lo[i] = 0.f;
+    build_tables(it, tb);
+    float m = NEG_INF, s = 0.f;                        // m is the block's; s this thread's
+
+    for (long long tile = it.t_begin; tile < it.t_end; ++tile) {
+        const float r_top = tile_tables(it, tb, tile);
+        float e[AP][BQ];
+        tile_logits(it, tb, tile, r_top, e);
+        float mt = NEG_INF;
+        #pragma unroll
+        for (int i = 0; i < AP; ++i)
+            #pragma unroll
+            for (int j = 0; j < BQ; ++j) mt = fmaxf(mt, e[i][j]);
+        const float m_new = fmaxf(m, block_reduce(mt, tb.red, true));
+        if (m_new == NEG_INF) continue;                // block-uniform: nothing valid here yet
+        if (m_new > m) {                               // rescale the accumulators to the new scale
+            const float alpha = exp2f(m - m_new);
+            s *= alpha;
+            for (int i = t; i < H * (P + Q + 32); i += THREADS) g_lo[i] *= alpha;
+            m = m_new;
+        }
+        #pragma unroll
+        for (int i = 0; i < AP; ++i)
+            #pragma unroll
+            for (int j = 0; j < BQ; ++j) {
+                e[i][j] = exp2f(e[i][j] - m);
+                s += e[i][j];
+            }
+        for (int h0 = 0; h0 < H; h0 += HG) {
+            // Stage: this thread's marginals of A over its block, for HG hidden units.
+            #pragma unroll
+            for (int hh = 0; hh < HG; ++hh) {
+                const int h = h0 + hh;
+                float row[AP] = {}, col[BQ] = {};
+                {
+                    const float4 lo = *reinterpret_cast<const float4*>(tb.qlo + h * P + tp * AP);
+                    const float4 hi0 = *reinterpret_cast<const float4*>(tb.qhi + h * Q + tq * BQ);
+                    const float4 hi1 = *reinterpret_cast<const float4*>(tb.qhi + h * Q + tq * BQ + 4);
+                    const float a[AP] = {lo.x, lo.y, lo.z, lo.w};
+                    const float b[BQ] = {hi0.x, hi0.y, hi0.z, hi0.w, hi1.x, hi1.y, hi1.z, hi1.w};
+                    #pragma unroll
+                    for (int i = 0; i < AP; ++i)
+                        #pragma unroll
+                        for (int j = 0; j < BQ; ++j)
+                            if (a[i] > b[j]) { row[i] += e[i][j]; col[j] += e[i][j]; }
+                }
+                *reinterpret_cast<float4*>(rstage + (hh * TQ + tq) * P + tp * AP) =
+                    make_float4(row[0], row[1], row[2], row[3]);
+                float* c_out = cstage + (hh * TP + tp) * CSTRIDE + tq * BQ;
+                *reinterpret_cast<float4*>(c_out) = make_float4(col[0], col[1], col[2], col[3]);
+                *reinterpret_cast<float4*>(c_out + 4) = make_float4(col[4], col[5], col[6], col[7]);
+            }
+            __syncthreads();
+            // Combine in a fixed order: thread t sums lo code t % 32 of unit h0 + t / 32 over the
+            // 16 threads that share it, and mid code t of every unit over the 8 that share it.
+            {
+                const int hh = warp, h = h0 + hh, p = lane;
+                float v = 0.f;
+                #pragma unroll
+                for (int i = 0; i < TQ; ++i) v += rstage[(hh * TQ + i) * P + p];
+                const float total = warp_sum(v);       // sum over the tile, for D's top bits
+                if (h < H) {
+                    g_lo[h * P + p] += v;
+                    if (lane < it.n_top) d_top[h * 32 + lane] += bitsign(tile, lane) * total;
+                }
+            }
+            #pragma unroll
+            for (int hh = 0; hh < HG; ++hh) {
+                float v = 0.f;
+                #pragma unroll
+                for (int i = 0; i < TP; ++i) v += cstage[(hh * TP + i) * CSTRIDE + t];
+                if (h0 + hh < H) g_mid[(h0 + hh) * Q + t] += v;
+            }
+            __syncthreads();
+        }
+    }
+
+    s = block_reduce(s, tb.red, false);
+    if (t == 0) {
+        m_out[blockIdx.x] = m * 0.6931471805599453f;
+        s_out[blockIdx.x] = s;
+    }
+    // D's lo and mid bits: one warp per (unit, bit), lanes over codes.
+    float* D = d_out + (long long)blockIdx.x * H * n_bits;
+    for (int task = warp; task < H * it.n_lo; task += WARPS) {
+        const int h = task / it.n_lo, j = task % it.n_lo;
+        const float v = warp_sum(bitsign(lane, j) * g_lo[h * P + lane]);
+        if (lane == 0) D[h * n_bits + j] = v;
+    }
+    for (int task = warp; task < H * it.n_mid; task += WARPS) {
+        const int h = task / it.n_mid, j = task % it.n_mid;
+        float v = 0.f;
+        #pragma unroll
+        for (int i = 0; i < Q / 32; ++i) v += bitsign(lane + 32 * i, j) * g_mid[h * Q + lane + 32 * i];
+        v = warp_sum(v);
+        if (lane == 0) D[h * n_bits + it.n_lo + j] = v;
+    }
+    for (int i = t; i < H * it.n_top; i += THREADS) {
+        const int h = i / it.n_top, j = i % it.n_top;
+        D[h * n_bits + it.n_lo + it.n_mid + j] = d_top[h * 32 + j];
+    }
+}
