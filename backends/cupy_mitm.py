@@ -44,8 +44,8 @@ from harness.problems.sick_bide import PartialState, merge_chunks
 CUPY_MISSING = importlib.util.find_spec("cupy") is None
 THREADS = 128          # both families
 MAX_HIDDEN = 64        # lo_per_thread's register arrays; tiles' shared memory at 64 units is 126 KB
-# Tile geometry of cupy_tiles.cu (P lo codes x Q mid codes, HG units per staged reduction).
-TILE_P, TILE_Q, TILE_QA, TILE_QB, TILE_HG, TILE_TP, TILE_TQ, TILE_CSTRIDE = 32, 128, 32, 4, 4, 8, 16, 132
+# Tile geometry of cupy_tiles.cu: 8 threads x AP lo codes, 16 threads x 8 mid codes (Q = 128).
+TILE_Q, TILE_QA, TILE_QB, TILE_TP, TILE_TQ, TILE_CSTRIDE = 128, 32, 4, 8, 16, 132
 
 SOURCES = {name: (pathlib.Path(__file__).with_name(f"{name}.cu")).read_text() for name in ("cupy_mitm", "cupy_tiles")}
 
@@ -62,24 +62,27 @@ def _kernel(name: str, padded_hidden: int, arch: str, min_blocks: int):
 
 
 @functools.cache
-def _tiles_kernel(name: str, arch: str):
+def _tiles_kernel(name: str, arch: str, block_lo: int):
     """A RawKernel of cupy_tiles.cu allowed the dynamic shared memory of the largest H.
 
     CuPy memoizes compiled functions by source, name and options, so every RawKernel of the
     same kernel shares one attribute: it is set once, to the limit, not per call size."""
     import cupy
 
-    kernel = cupy.RawKernel(SOURCES["cupy_tiles"], name, options=("-std=c++17", f"-arch={arch}"))
-    kernel.max_dynamic_shared_size_bytes = _tiles_shared_bytes(MAX_HIDDEN, name.endswith("fused"))
+    kernel = cupy.RawKernel(SOURCES["cupy_tiles"], name, options=("-std=c++17", f"-arch={arch}", f"-DAP={block_lo}"))
+    kernel.max_dynamic_shared_size_bytes = _tiles_shared_bytes(MAX_HIDDEN, name.endswith("fused"), block_lo)
     return kernel
 
 
-def _tiles_shared_bytes(hidden: int, fused: bool) -> int:
+def _tiles_shared_bytes(hidden: int, fused: bool, block_lo: int) -> int:
     """cupy_tiles.cu's table_floats (+ grad_floats when fused), in bytes."""
-    padded = TILE_HG * math.ceil(hidden / TILE_HG)
-    floats = padded * (TILE_P + TILE_Q + TILE_QA + TILE_QB + 4) + TILE_Q + 8
+    lo_codes = TILE_TP * block_lo
+    units = THREADS // lo_codes                       # HG: hidden units per staged reduction
+    padded = units * math.ceil(hidden / units)
+    floats = padded * (lo_codes + TILE_Q + TILE_QA + TILE_QB + 4) + TILE_Q + 8
     if fused:
-        floats += hidden * (TILE_P + TILE_Q + 32) + TILE_HG * (TILE_TQ * TILE_P + TILE_TP * TILE_CSTRIDE)
+        floats += (hidden * (lo_codes + TILE_Q + 32) + padded * (lo_codes // 32)
+                   + units * (TILE_TQ * lo_codes + TILE_TP * TILE_CSTRIDE))
     return 4 * floats
 
 
@@ -97,6 +100,8 @@ def partial_state(
     out: PartialState,
     *,
     tiles: bool = True,
+    block_lo: int = 4,
+    fused_block_lo: int = 8,
     blocks_per_sm: int = 4,
     min_blocks: int = 6,
     fused_min_blocks: int = 3,
@@ -107,8 +112,12 @@ def partial_state(
     batch, hidden, n_bits = W.shape
     device = W.device.index if W.device.index is not None else torch.cuda.current_device()
     arch, sms = _device_facts(device)
+    fused = out.D is not None
+    block_lo = fused_block_lo if fused else block_lo
     if tiles:   # codes = (tile << (n_lo + n_mid)) | (q << n_lo) | p; chunks are whole tiles
-        n_lo = min(n_bits, 5)
+        if block_lo not in (4, 8):
+            raise ValueError(f"block_lo and fused_block_lo must be 4 or 8, got {block_lo}")
+        n_lo = min(n_bits, (TILE_TP * block_lo).bit_length() - 1)
         n_mid = min(n_bits - n_lo, 7)
         first, last = k_start >> (n_lo + n_mid), (k_stop - 1) >> (n_lo + n_mid)
         per_chunk_unit, units = 1, last - first + 1
@@ -123,7 +132,6 @@ def partial_state(
     f32 = torch.float32
     m_ws = out.m if direct else torch.empty(batch, chunks, dtype=f32, device=W.device)
     s_ws = out.s if direct else torch.empty(batch, chunks, dtype=f32, device=W.device)
-    fused = out.D is not None
     d_ws = None
     if fused:
         d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=f32, device=W.device)
@@ -134,8 +142,8 @@ def partial_state(
         if tiles:
             tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int32(n_mid), np.int64(k_start),
                     np.int64(k_stop), np.int64(first), np.int64(last), np.int32(chunks), np.int64(per_chunk))
-            shared = _tiles_shared_bytes(hidden, fused)
-            kernel = _tiles_kernel("sick_bide_tiles_fused" if fused else "sick_bide_tiles_forward", arch)
+            shared = _tiles_shared_bytes(hidden, fused, block_lo)
+            kernel = _tiles_kernel("sick_bide_tiles_fused" if fused else "sick_bide_tiles_forward", arch, block_lo)
             kernel((batch * chunks,), (THREADS,), (*views, *tail), shared_mem=shared)
         else:
             tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int64(k_start), np.int64(k_stop),

@@ -1,15 +1,15 @@
 // SICK-BIDE partial states in CUDA C, register-tiled (the `cupy` backend's `tiles` kernels).
 //
 // A code k = (t << (n_lo + n_mid)) | (q << n_lo) | p. A tile is every (p, q) for one top
-// pattern t: P = 32 lo codes x Q = 128 mid codes. With r folded into meet-in-the-middle tables
+// pattern t: P = 8 AP lo codes x Q = 128 mid codes (AP = 4 or 8, a compile-time option). With r folded into meet-in-the-middle tables
 // (c = |r| log2 e, or log2 e where r = 0; s = sign r):
 //
 //     qlo[h, p] = c_h P_lo[h, p]                 qhi[h, q] = -c_h (P_mid[h, q] + P_top[h, t])
 //     l[p, q]   = sum_h s_h max(qlo[h, p], qhi[h, q]) + R_mid[q] + R_top[t]      (base 2)
 //
-// since r relu(a + b) = s max(c a, -c b) + r b. Each of the 128 threads owns a 4 x 8 block of
-// the tile (lo codes 4 tp + i, mid codes 8 tq + j), so one hidden unit costs it three 16-byte
-// shared loads for 32 (max, fma) pairs, with 32 independent accumulators to hide latency.
+// since r relu(a + b) = s max(c a, -c b) + r b. Each of the 128 threads owns an AP x 8 block of
+// the tile (lo codes AP tp + i, mid codes 8 tq + j), so one hidden unit costs it AP / 4 + 2
+// 16-byte shared loads for 8 AP (max, fma) pairs, with 8 AP independent accumulators.
 //
 // Gradient sums, D[h, j] = sum_k e_k 1[z_kh > 0] b_kj with e_k = 2^(l_k - m): z > 0 exactly when
 // qlo > qhi (c > 0 keeps the sign, and c P, c (-P) round alike, so exact ties stay ties). With
@@ -20,7 +20,7 @@
 // and D's lo and mid bits are sum_p b_pj G_lo[h, p] and sum_q b_qj G_mid[h, q] once per item.
 // A thread sums its own block in registers (a compare and two predicated adds per triple); the
 // 16 (resp. 8) threads sharing a lo (mid) code combine through a staged, fixed-order reduction
-// in shared memory, four hidden units at a time. No atomics: results are bitwise reproducible.
+// in shared memory, HG = 16 / AP hidden units at a time. No atomics: results are bitwise reproducible.
 //
 // One block per work item (a row and a range of tiles); the fused kernel keeps one scale m for
 // the whole block (a block max per tile), the forward kernel one per thread. Shared memory is
@@ -30,13 +30,16 @@
 #define WARPS (THREADS / 32)
 #define TP 8                 // threads along lo codes
 #define TQ 16                // threads along mid codes
-#define AP 4                 // lo codes per thread
+#ifndef AP
+#define AP 4                 // lo codes per thread (4 or 8; the host compiles both)
+#endif
 #define BQ 8                 // mid codes per thread
-#define P (TP * AP)          // 32 lo codes: n_lo <= 5
+#define P (TP * AP)          // lo codes per tile: 32 (n_lo <= 5) or 64 (n_lo <= 6)
 #define Q (TQ * BQ)          // 128 mid codes: n_mid <= 7
 #define QA 32                // P_mid[q] = P_a[q % 32] + P_b[q / 32]
 #define QB (Q / QA)
-#define HG 4                 // hidden units per staged reduction
+#define HG (THREADS / P)     // hidden units per staged reduction: one lo code of one unit per thread
+#define WPH (P / 32)         // warps per hidden unit in the staged lo-code sums
 #define CSTRIDE (Q + 4)      // padded rows of the mid-code stage: conflict-free 16-byte stores
 #define NEG_INF (-__int_as_float(0x7f800000))
 #define LOG2E 1.4426950408889634f
@@ -89,7 +92,30 @@ __device__ Item make_item(const float* W, const float* r, int H, int n_bits, int
 __host__ __device__ constexpr int padded(int H) { return (H + HG - 1) / HG * HG; }
 // Shared memory, in floats, of a block (the host sizes the launch with the same formulas).
 __host__ __device__ constexpr int table_floats(int H) { return padded(H) * (P + Q + QA + QB + 4) + Q + 8; }
-__host__ __device__ constexpr int grad_floats(int H) { return H * (P + Q + 32) + HG * (TQ * P + TP * CSTRIDE); }
+__host__ __device__ constexpr int grad_floats(int H) {
+    return H * (P + Q + 32) + padded(H) * WPH + HG * (TQ * P + TP * CSTRIDE);
+}
+
+// This thread's AP lo-code and BQ mid-code table entries of hidden unit h (16-byte loads).
+__device__ __forceinline__ void load_pair(const float* qlo, const float* qhi, int h, int tp, int tq,
+                                          float (&a)[AP], float (&b)[BQ]) {
+    #pragma unroll
+    for (int i = 0; i < AP; i += 4) {
+        const float4 v = *reinterpret_cast<const float4*>(qlo + h * P + tp * AP + i);
+        a[i] = v.x; a[i + 1] = v.y; a[i + 2] = v.z; a[i + 3] = v.w;
+    }
+    #pragma unroll
+    for (int j = 0; j < BQ; j += 4) {
+        const float4 v = *reinterpret_cast<const float4*>(qhi + h * Q + tq * BQ + j);
+        b[j] = v.x; b[j + 1] = v.y; b[j + 2] = v.z; b[j + 3] = v.w;
+    }
+}
+
+__device__ __forceinline__ float fast_exp2(float x) {   // 2^x, one MUFU.EX2; 2^-inf = 0
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
 
 struct Tables {
     float *qlo, *qhi, *pa, *pb, *c, *sg, *r2, *ptop, *rmid, *red;
@@ -183,20 +209,17 @@ __device__ void tile_logits(const Item& it, const Tables& tb, long long tile, fl
     }
     #pragma unroll 4
     for (int h = 0; h < it.H; ++h) {
-        const float4 lo = *reinterpret_cast<const float4*>(tb.qlo + h * P + tp * AP);
-        const float4 hi0 = *reinterpret_cast<const float4*>(tb.qhi + h * Q + tq * BQ);
-        const float4 hi1 = *reinterpret_cast<const float4*>(tb.qhi + h * Q + tq * BQ + 4);
+        float a[AP], b[BQ];
+        load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
         const float s = tb.sg[h];
-        const float a[AP] = {lo.x, lo.y, lo.z, lo.w};
-        const float b[BQ] = {hi0.x, hi0.y, hi0.z, hi0.w, hi1.x, hi1.y, hi1.z, hi1.w};
         #pragma unroll
         for (int i = 0; i < AP; ++i)
             #pragma unroll
             for (int j = 0; j < BQ; ++j) l[i][j] = fmaf(s, fmaxf(a[i], b[j]), l[i][j]);
     }
     const int tile_bits = it.n_lo + it.n_mid;
-    const bool padded = it.n_lo < 5 || it.n_mid < 7;
-    if (padded || tile == it.first_tile || tile == it.last_tile) {
+    const bool partial = (1 << it.n_lo) < P || (1 << it.n_mid) < Q;
+    if (partial || tile == it.first_tile || tile == it.last_tile) {
         #pragma unroll
         for (int i = 0; i < AP; ++i)
             #pragma unroll
@@ -235,8 +258,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_forward(
         #pragma unroll
         for (int i = 0; i < AP; ++i)
             #pragma unroll
-            for (int j = 0; j < BQ; ++j) acc += exp2f(l[i][j] - m_new);
-        s = s * exp2f(m - m_new) + acc;                // 2^-inf = 0 on the first valid tile
+            for (int j = 0; j < BQ; ++j) acc += fast_exp2(l[i][j] - m_new);
+        s = s * fast_exp2(m - m_new) + acc;                // 2^-inf = 0 on the first valid tile
         m = m_new;
     }
     const float mb = block_reduce(m, tb.red, true);
@@ -260,7 +283,8 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
     float* g_lo = smem + table_floats(H);            // [H][P]
     float* g_mid = g_lo + H * P;                      // [H][Q]
     float* d_top = g_mid + H * Q;                     // [H][32]
-    float* rstage = d_top + H * 32;                   // [HG][TQ][P]
+    float* part = d_top + H * 32;                     // [Hp][WPH]: per-warp sums of a tile's lo marginals
+    float* rstage = part + padded(H) * WPH;           // [HG][TQ][P]
     float* cstage = rstage + HG * TQ * P;             // [HG][TP][CSTRIDE]
     const int t = threadIdx.x, tp = t % TP, tq = t / TP, lane = t & 31, warp = t >> 5;
     for (int i = t; i < H * (P + Q + 32); i += THREADS) g_lo[i] = 0.f;
@@ -279,7 +303,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
         const float m_new = fmaxf(m, block_reduce(mt, tb.red, true));
         if (m_new == NEG_INF) continue;                // block-uniform: nothing valid here yet
         if (m_new > m) {                               // rescale the accumulators to the new scale
-            const float alpha = exp2f(m - m_new);
+            const float alpha = fast_exp2(m - m_new);
             s *= alpha;
             for (int i = t; i < H * (P + Q + 32); i += THREADS) g_lo[i] *= alpha;
             m = m_new;
@@ -288,7 +312,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
         for (int i = 0; i < AP; ++i)
             #pragma unroll
             for (int j = 0; j < BQ; ++j) {
-                e[i][j] = exp2f(e[i][j] - m);
+                e[i][j] = fast_exp2(e[i][j] - m);
                 s += e[i][j];
             }
         for (int h0 = 0; h0 < H; h0 += HG) {
@@ -298,36 +322,33 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
                 const int h = h0 + hh;
                 float row[AP] = {}, col[BQ] = {};
                 {
-                    const float4 lo = *reinterpret_cast<const float4*>(tb.qlo + h * P + tp * AP);
-                    const float4 hi0 = *reinterpret_cast<const float4*>(tb.qhi + h * Q + tq * BQ);
-                    const float4 hi1 = *reinterpret_cast<const float4*>(tb.qhi + h * Q + tq * BQ + 4);
-                    const float a[AP] = {lo.x, lo.y, lo.z, lo.w};
-                    const float b[BQ] = {hi0.x, hi0.y, hi0.z, hi0.w, hi1.x, hi1.y, hi1.z, hi1.w};
+                    float a[AP], b[BQ];
+                    load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
                     #pragma unroll
                     for (int i = 0; i < AP; ++i)
                         #pragma unroll
                         for (int j = 0; j < BQ; ++j)
                             if (a[i] > b[j]) { row[i] += e[i][j]; col[j] += e[i][j]; }
                 }
-                *reinterpret_cast<float4*>(rstage + (hh * TQ + tq) * P + tp * AP) =
-                    make_float4(row[0], row[1], row[2], row[3]);
+                #pragma unroll
+                for (int i = 0; i < AP; i += 4)
+                    *reinterpret_cast<float4*>(rstage + (hh * TQ + tq) * P + tp * AP + i) =
+                        make_float4(row[i], row[i + 1], row[i + 2], row[i + 3]);
                 float* c_out = cstage + (hh * TP + tp) * CSTRIDE + tq * BQ;
                 *reinterpret_cast<float4*>(c_out) = make_float4(col[0], col[1], col[2], col[3]);
                 *reinterpret_cast<float4*>(c_out + 4) = make_float4(col[4], col[5], col[6], col[7]);
             }
             __syncthreads();
-            // Combine in a fixed order: thread t sums lo code t % 32 of unit h0 + t / 32 over the
+            // Combine in a fixed order: thread t sums lo code t % P of unit h0 + t / P over the
             // 16 threads that share it, and mid code t of every unit over the 8 that share it.
             {
-                const int hh = warp, h = h0 + hh, p = lane;
+                const int hh = t / P, h = h0 + hh, p = t % P;
                 float v = 0.f;
                 #pragma unroll
                 for (int i = 0; i < TQ; ++i) v += rstage[(hh * TQ + i) * P + p];
-                const float total = warp_sum(v);       // sum over the tile, for D's top bits
-                if (h < H) {
-                    g_lo[h * P + p] += v;
-                    if (lane < it.n_top) d_top[h * 32 + lane] += bitsign(tile, lane) * total;
-                }
+                const float total = warp_sum(v);       // this warp's part of the tile's sum, for D's top bits
+                if (h < H) g_lo[h * P + p] += v;
+                if (lane == 0) part[h * WPH + warp % WPH] = total;
             }
             #pragma unroll
             for (int hh = 0; hh < HG; ++hh) {
@@ -337,6 +358,13 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
                 if (h0 + hh < H) g_mid[(h0 + hh) * Q + t] += v;
             }
             __syncthreads();
+        }
+        for (int i = t; i < H * it.n_top; i += THREADS) {   // D's top bits: constant over the tile
+            const int h = i / it.n_top, j = i % it.n_top;
+            float total = 0.f;
+            #pragma unroll
+            for (int w = 0; w < WPH; ++w) total += part[h * WPH + w];
+            d_top[h * 32 + j] += bitsign(tile, j) * total;
         }
     }
 
@@ -349,7 +377,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
     float* D = d_out + (long long)blockIdx.x * H * n_bits;
     for (int task = warp; task < H * it.n_lo; task += WARPS) {
         const int h = task / it.n_lo, j = task % it.n_lo;
-        const float v = warp_sum(bitsign(lane, j) * g_lo[h * P + lane]);
+        float v = 0.f;
+        #pragma unroll
+        for (int i = 0; i < P / 32; ++i) v += bitsign(lane + 32 * i, j) * g_lo[h * P + lane + 32 * i];
+        v = warp_sum(v);
         if (lane == 0) D[h * n_bits + j] = v;
     }
     for (int task = warp; task < H * it.n_mid; task += WARPS) {
