@@ -8,12 +8,13 @@ Two kernel families, both with r folded into meet-in-the-middle tables,
 so r relu(z) = s max(c P_lo, -c P_hi) + r P_hi and the gradient mask is the same comparison,
 1[z > 0] = 1[qlo > qhi]. Logits are in base 2 (c and r carry log2 e).
 
-`tiles` (backends/cupy_tiles.cu, the default): a tile is 32 lo x 128 mid codes for one top
-pattern; each of 128 threads owns a 4 x 8 block of it, so a hidden unit costs three 16-byte
-shared loads for 32 (max, fma) pairs with 32 independent accumulators. The gradient sums add
-a compare and two predicated adds per triple (the block's marginals over lo and mid codes),
-combined across threads by a fixed-order staged reduction: ~2.3 instructions per triple
-forward, ~7 fused (SASS). Shared memory is dynamic, sized from H.
+`tiles` (backends/cupy_tiles.cu, the default): a tile is 8 block_lo lo x 128 mid codes for
+one top pattern; each of 128 threads owns a block_lo x 8 block of it (4 x 8 forward, 8 x 8
+with gradients), so a hidden unit costs a few 16-byte shared loads for 32 or 64 (max, fma)
+pairs with as many independent accumulators. The gradient sums add a compare and two
+predicated adds per triple (the block's marginals over lo and mid codes), combined across
+threads by a fixed-order staged reduction: ~2.2 instructions per triple in the forward's
+hidden loop, ~6.3 fused (SASS). Shared memory is dynamic, sized from H.
 
 `lo_per_thread` (backends/cupy_mitm.cu): thread t owns lo code p = t (n_lo = min(n, 7)) with
 its hidden units in registers (H compiled in, up to 64) and walks the hi codes in batches of
