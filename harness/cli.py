@@ -1,4 +1,4 @@
-"""Command line: `python -m harness [run|verify|list] ...`.
+"""Command line: `python -m harness [run|verify|list|sweep|train] ...`.
 
 `main` takes keyword arguments mirroring the flags, so scripts and tests call
 it directly; argparse lives in `run_cli`.
@@ -7,6 +7,7 @@ it directly; argparse lives in `run_cli`.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shlex
@@ -58,6 +59,7 @@ def main(
     out: str | None = None,
     gpus: int = 1,
     shard: str | None = None,
+    train_steps: int | None = None,
     stream=sys.stdout,
 ) -> int:
     """Run a command; returns the process exit code (1 if any verification failed).
@@ -67,14 +69,20 @@ def main(
     verify: the verification table only. list: problems, backends, availability.
     gpus > 1 spreads the sweep over that many GPUs, one worker process per GPU (the
     `sweep` command with `shard` = "i/n"); the report merges their rows.
+    train: the end-to-end training benchmark only (harness/bide.py), then the report; run
+    includes it after the sweep when the SICK-BIDE problem is selected. train_steps: AdamW
+    steps (default: the paper's 2000 on CUDA, 300 on the CPU; 0 skips training in run).
     """
     if command == "list":
         list_backends(stream)
         return 0
-    if command not in ("run", "verify", "sweep"):
-        raise ValueError(f"unknown command {command!r}; commands: run, verify, list, sweep")
+    if command not in ("run", "verify", "sweep", "train"):
+        raise ValueError(f"unknown command {command!r}; commands: run, verify, list, sweep, train")
     device = device or default_device()
     out_dir = Path(out or Path("results") / time.strftime("%Y%m%d-%H%M%S"))
+    if command == "train":
+        _train(device, backends, train_steps, out_dir, stream)
+        return _report(out_dir, stream)
     if command == "sweep":   # one worker of a spread sweep
         from harness import sweep
 
@@ -89,7 +97,10 @@ def main(
     failed = _verify(device, problems, backends, dtypes, cases, sizes, repeats, json_path, stream)
     if command == "verify":
         return 1 if failed else 0
-    return _sweep_and_report(device, problems, backends, grid, out_dir, gpus, stream) or (1 if failed else 0)
+    _sweep(device, problems, backends, grid, out_dir, gpus, stream)
+    if train_steps != 0 and (not problems or "sick_bide" in problems):
+        _train(device, backends, train_steps, out_dir, stream)
+    return _report(out_dir, stream) or (1 if failed else 0)
 
 
 def _verify(device, problems, backends, dtypes, cases, sizes, repeats, json_path, stream) -> int:
@@ -120,7 +131,7 @@ def _verify(device, problems, backends, dtypes, cases, sizes, repeats, json_path
     return len(failed)
 
 
-def _sweep_and_report(device, problems, backends, grid, out_dir: Path, gpus: int, stream) -> int:
+def _sweep(device, problems, backends, grid, out_dir: Path, gpus: int, stream) -> None:
     from harness import ceiling, sweep
 
     grid = grid or os.environ.get("FUSEDBENCH_GRID") or ("gpu" if torch.device(device).type == "cuda" else "cpu")
@@ -137,6 +148,37 @@ def _sweep_and_report(device, problems, backends, grid, out_dir: Path, gpus: int
               flush=True)
         sweep.run(device=device, grid=grid, out_path=out_dir / "sweep.jsonl", problems=problems,
                   backends=backends, progress=lambda line: print(line, file=stream, flush=True))
+
+
+def training_variants(device: str, backends: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """(backend, config) of every SICK-BIDE backend with gradients that runs on `device`, the
+    reference first (the anchor the others' final losses are compared with)."""
+    found = []
+    for backend in registry.backends("sick_bide"):
+        if "grad" not in backend.features or (backends and backend.name not in backends):
+            continue
+        for config in backend.configs:
+            if registry.unavailable_reason(backend, config, device) is None:
+                found.append((backend.name, config))
+    return sorted(found, key=lambda v: (v[0] != "reference", v))
+
+
+def _train(device, backends, steps, out_dir: Path, stream) -> None:
+    from harness import bide
+
+    settings = bide.GPU_SETTINGS if torch.device(device).type == "cuda" else bide.CPU_SETTINGS
+    if steps is not None:
+        settings = dataclasses.replace(settings, steps=steps)
+    variants = training_variants(device, backends)
+    names = ", ".join(b if c == "default" else f"{b}:{c}" for b, c in variants) or "no backend"
+    print(f"# end-to-end training: {settings.steps} steps with {names} on {device}", file=stream, flush=True)
+    result = bide.run(variants, device, settings, progress=lambda line: print(line, file=stream, flush=True))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "train.json").write_text(json.dumps(result))
+    print("\n".join(bide.summary_lines(result)), file=stream, flush=True)
+
+
+def _report(out_dir: Path, stream) -> int:
     try:
         from reports import html
     except ImportError as exc:
@@ -172,9 +214,10 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         prog="python -m harness",
         description="Verify and benchmark fused-loss backends against a float64 reference.",
     )
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "verify", "list", "sweep"],
-                        help="run: the main job (default): verify, sweep, HTML report; "
-                             "verify: the verification table; list: problems, backends and availability")
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "verify", "list", "sweep", "train"],
+                        help="run: the main job (default): verify, sweep, train, HTML report; "
+                             "verify: the verification table; list: problems, backends and availability; "
+                             "train: the end-to-end training benchmark and its report")
     parser.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--problem", action="append", dest="problems", help="repeatable")
     parser.add_argument("--backend", action="append", dest="backends", help="repeatable")
@@ -188,6 +231,8 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grid", help="sweep grid for run: cpu, gpu, smoke (default: $FUSEDBENCH_GRID or by device)")
     parser.add_argument("--out", help="results directory for run (default: results/<date-time>)")
     parser.add_argument("--gpus", type=int, default=1, help="spread the sweep over this many GPUs (run)")
+    parser.add_argument("--train-steps", type=int, help="AdamW steps of the end-to-end training benchmark "
+                        "(default: 2000 on CUDA, 300 on the CPU; 0 skips it in run)")
     parser.add_argument("--shard", help=argparse.SUPPRESS)   # i/n: the cells of one worker of a spread sweep
     args = parser.parse_args(argv)
     return main(**vars(args))

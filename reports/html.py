@@ -5,7 +5,8 @@ documents' claims against what was measured; time against the problem's x axis a
 against its facet axis (the sizes named by each row's x_axis and facet_axis); speedup
 against the reference and against the best variant; achieved rate as a fraction of
 the measured ceiling the row names; peak memory; forward against forward+backward;
-the best variant per cell with out-of-memory and unsupported cells marked.
+the best variant per cell with out-of-memory and unsupported cells marked; and, when the
+run trained (train.json), the end-to-end training section (reports/training.py).
 Everything comes from stored rows and meta (reports/load.py), nothing from the registry.
 """
 
@@ -23,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from reports import load
+from reports import load, training
 
 CEILING_UNITS = {"fmnmx_fadd": "lane-instructions/s (FMNMX + FADD)", "copy_bandwidth": "bytes/s (copy, read + write)"}
 
@@ -120,6 +121,9 @@ def build(directory: str | Path, out: str | Path | None = None) -> Path:
     parts.append(_correctness(verify))
     if not rows.empty:
         parts.append(_performance(rows, meta))
+    trained = training.load(directory)
+    if trained is not None:
+        parts.append(training.section(trained, _png, _table))
     parts.append(CHECK_IMAGES + "</body></html>")
     out.write_text("\n".join(parts))
     return out

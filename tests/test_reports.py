@@ -14,9 +14,11 @@ from reports import compare, load
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """A smoke run of the main job on the CPU: verification, sweep, report."""
+    """A smoke run of the main job on the CPU: verification, sweep, a few training steps, report.
+    (Triton's interpreter, on under the tests, would train at a step a minute: left out.)"""
     out = tmp_path_factory.mktemp("results")
-    code = cli.main("run", device="cpu", cases=["n=1"], dtypes=["float32"], repeats=1, grid="smoke", out=str(out))
+    code = cli.main("run", device="cpu", cases=["n=1"], dtypes=["float32"], repeats=1, grid="smoke", out=str(out),
+                    backends=["reference", "chunked"], train_steps=4)
     assert code == 0
     return out
 
@@ -52,9 +54,9 @@ def test_slow_variants_are_recorded_not_timed(tmp_path):
 def test_report_has_every_section(results):
     text = (results / "report.html").read_text()
     for heading in ("Environment", "Correctness against the float64 oracle", "Performance",
-                    "Forward against forward + backward", "Best variant per cell"):
+                    "Forward against forward + backward", "Best variant per cell", "End-to-end training"):
         assert heading in text
-    assert text.count("data:image/png;base64,") >= 4
+    assert text.count("data:image/png;base64,") >= 4 + 1 + 6     # + loss curves + a fit per distribution
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
