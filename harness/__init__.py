@@ -8,6 +8,8 @@
     harness/measure.py      timers and peak memory
     harness/verify.py       the verification table (the main job's first half)
     harness/sweep.py        benchmark sweeps: grids, interleaving, device timing, stored rows
+    harness/bide.py         the end-to-end training benchmark (BIDE distributions over float16)
+    harness/sampling.py     exact CDFs and samples of learned distributions, from partial states
     harness/cli.py          python -m harness
 """
 

@@ -276,11 +276,25 @@ def run(variants: Sequence[tuple[str, str]], device: str, settings: Settings,
                                                                   anchor["loss"][:EARLY_STEPS], strict=True))
         record["agrees"] = abs(record["delta_nats"]) <= AGREEMENT_NATS and record["early_delta_nats"] <= EARLY_NATS
     fits = {record["variant"]: evaluate(record.pop("W"), record.pop("r")) for record in runs}
+    from harness.sweep import environment
+
     entropies = [entropy(d) for d in DISTRIBUTIONS]
-    return {"settings": vars(settings), "device": device, "distributions": [d.name for d in DISTRIBUTIONS],
+    return {"settings": vars(settings), "device": device, "env": environment(device),
+            "distributions": [d.name for d in DISTRIBUTIONS],
             "entropy_nats": entropies, "floor_nats": sum(entropies) / len(entropies),
             "agreement_nats": AGREEMENT_NATS, "early_steps": EARLY_STEPS, "early_nats": EARLY_NATS,
             "anchor": anchor["variant"], "runs": runs, "fits": fits}
+
+
+def compact(value: Any, digits: int = 6) -> Any:
+    """`value` with every float rounded to `digits` significant digits, for storage."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}") if math.isfinite(value) else value
+    if isinstance(value, dict):
+        return {k: compact(v, digits) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [compact(v, digits) for v in value]
+    return value
 
 
 def summary_lines(result: Mapping[str, Any]) -> list[str]:

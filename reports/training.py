@@ -22,13 +22,20 @@ def load(directory: str | Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+def _device(result: dict[str, Any]) -> str:
+    env = result.get("env") or {}
+    versions = ", ".join(f"{k} {env[k]}" for k in ("torch", "triton", "cupy", "commit") if env.get(k))
+    name = env.get("device_name") or result["device"]
+    return f"{name} ({versions})" if versions else str(name)
+
+
 def section(result: dict[str, Any], png, table) -> str:
     """HTML for one training result; `png(fig)` embeds a figure, `table(frame, classes)` renders a table."""
     settings = result["settings"]
     text = (f"<h2>End-to-end training</h2><p>{len(result['distributions'])} float16 distributions learned at "
             f"once ({html.escape(', '.join(result['distributions']))}): {settings['steps']} AdamW steps "
             f"(lr {settings['lr']}) at {settings['batch']} samples per distribution, n = 16, H = "
-            f"{settings['hidden']}, on {html.escape(str(result['device']))}, the same data and initial weights "
+            f"{settings['hidden']}, on {html.escape(_device(result))}, the same data and initial weights "
             f"for every backend. The lowest possible mean nll (entropy of the float16-rounded "
             f"distributions) is {result['floor_nats']:.4f} nats. Each run must agree with the anchor "
             f"({html.escape(result['anchor'])}): its first {result['early_steps']} losses within "
