@@ -318,8 +318,8 @@ def partial_state(
     mid_bits: int = 8,
     num_warps: int = 4,
     fused_lo_bits: int = 4,
-    fused_mid_bits: int = 9,
-    fused_num_warps: int = 8,
+    fused_mid_bits: int = 8,
+    fused_num_warps: int = 4,
     programs_per_sm: int = 2,
 ) -> None:
     batch, hidden, n_bits = W.shape
