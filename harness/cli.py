@@ -173,6 +173,7 @@ def _train(device, backends, steps, out_dir: Path, stream) -> None:
     names = ", ".join(b if c == "default" else f"{b}:{c}" for b, c in variants) or "no backend"
     print(f"# end-to-end training: {settings.steps} steps with {names} on {device}", file=stream, flush=True)
     result = bide.run(variants, device, settings, progress=lambda line: print(line, file=stream, flush=True))
+    result["command"] = "python -m harness " + shlex.join(sys.argv[1:])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "train.json").write_text(json.dumps(bide.compact(result)))
     print("\n".join(bide.summary_lines(result)), file=stream, flush=True)

@@ -41,6 +41,8 @@ def section(result: dict[str, Any], png, table) -> str:
             f"({html.escape(result['anchor'])}): its first {result['early_steps']} losses within "
             f"{result['early_nats']} nats (the same data and weights, so only rounding differs), its final "
             f"EMA within {result['agreement_nats']} nats.</p>")
+    if result.get("command"):
+        text += f"<p>Command: <code>{html.escape(result['command'])}</code></p>"
     if not result["runs"]:
         return text + "<p>No backend with gradients ran.</p>"
     frame = pd.DataFrame([{
