@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from harness import registry, verify
+from harness.errors import InputError, UnsupportedError
 
 
 def default_device() -> str:
@@ -80,6 +81,13 @@ def main(
         raise ValueError(f"unknown command {command!r}; commands: run, verify, list, sweep, train")
     device = device or default_device()
     out_dir = Path(out or Path("results") / time.strftime("%Y%m%d-%H%M%S"))
+    if command == "run" and grid is not None:
+        from harness import sweep
+
+        if grid not in sweep.GRIDS:   # before verification, not after it
+            raise ValueError(f"unknown grid {grid!r}; grids: {sorted(sweep.GRIDS)}")
+    if train_steps is not None and (train_steps < 0 or (command == "train" and train_steps == 0)):
+        raise ValueError(f"--train-steps must be >= 1 for train (0 skips training in run), got {train_steps}")
     if command == "train":
         _train(device, backends, train_steps, out_dir, stream)
         return _report(out_dir, stream)
@@ -236,4 +244,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
                         "(default: 2000 on CUDA, 300 on the CPU; 0 skips it in run)")
     parser.add_argument("--shard", help=argparse.SUPPRESS)   # i/n: the cells of one worker of a spread sweep
     args = parser.parse_args(argv)
-    return main(**vars(args))
+    try:
+        return main(**vars(args))
+    except (ValueError, InputError, UnsupportedError) as exc:   # bad arguments: one line, exit code 2
+        parser.error(str(exc))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 from harness import cli
 
@@ -61,3 +63,14 @@ def test_unknown_grid_command_and_gpus_are_refused(tmp_path):
         cli.main("bench")
     with pytest.raises(ValueError, match=r"gpus=2 but \d+ CUDA devices are visible"):
         cli._spread(2, "smoke", tmp_path, None, None, io.StringIO())
+
+
+def test_train_steps_and_bad_flags_are_one_line_errors(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match=r"--train-steps must be >= 1 for train \(0 skips training in run\), got 0"):
+        cli.main("train", device="cpu", train_steps=0, out=str(tmp_path))
+    with pytest.raises(ValueError, match="--train-steps must be >= 1"):
+        cli.main("run", device="cpu", train_steps=-3, out=str(tmp_path))
+    out = subprocess.run([sys.executable, "-m", "harness", "run", "--grid", "huge"], capture_output=True, text=True)
+    assert out.returncode == 2 and "error: unknown grid 'huge'" in out.stderr and "Traceback" not in out.stderr
