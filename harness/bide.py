@@ -74,8 +74,7 @@ DISTRIBUTIONS = (
     Distribution("gamma(2, 1)",
                  lambda g, n: -torch.log(torch.rand(n, generator=g, dtype=torch.float64)
                                          * torch.rand(n, generator=g, dtype=torch.float64)),
-                 lambda x: torch.where(x > 0, 1 - torch.exp(-x.clamp(0, 1e300)) * (1 + x.clamp(0, 1e300)),
-                                       torch.zeros_like(x)), (0.0, 9.0)),
+                 lambda x: torch.special.gammainc(torch.full_like(x, 2.0), x.clamp(min=0)), (0.0, 9.0)),
     Distribution("0.5 N(-2, 0.5) + 0.5 N(2, 1)",
                  lambda g, n: torch.where(torch.rand(n, generator=g, dtype=torch.float64) < 0.5,
                                           -2 + 0.5 * torch.randn(n, generator=g, dtype=torch.float64),
@@ -112,8 +111,21 @@ def make_data(settings: Settings) -> Tensor:
     """Targets for every step: float16 codes [steps, distributions, batch] (int64)."""
     gen = torch.Generator().manual_seed(settings.seed)
     values = torch.stack([d.draw(gen, settings.steps * settings.batch) for d in DISTRIBUTIONS])
-    codes = to_codes(values.to(DTYPE))                                  # round to nearest float16
+    codes = to_codes(round_to_float16(values))
     return codes.view(len(DISTRIBUTIONS), settings.steps, settings.batch).transpose(0, 1).contiguous()
+
+
+def round_to_float16(values: Tensor) -> Tensor:
+    """float64 -> float16 rounded once to nearest, ties to even (a plain .to() rounds twice, via float32)."""
+    v16 = values.to(DTYPE)
+    cands = torch.stack([torch.nextafter(v16, torch.tensor(-math.inf, dtype=DTYPE)), v16,
+                         torch.nextafter(v16, torch.tensor(math.inf, dtype=DTYPE))])            # [3, N]
+    dist = (cands.double() - values[None]).abs()
+    nearest = dist == dist.min(0, keepdim=True).values
+    even = (to_codes(cands) & 1) == 0
+    choice = torch.where(nearest & even, 0, torch.where(nearest, 1, 2)).argmin(0)
+    best = cands.gather(0, choice[None])[0]
+    return torch.where(torch.isfinite(v16), best, v16)     # beyond 65520 both roundings give inf
 
 
 def initial_weights(settings: Settings) -> tuple[Tensor, Tensor]:
@@ -127,6 +139,8 @@ def initial_weights(settings: Settings) -> tuple[Tensor, Tensor]:
 def train(backend: str, config: str, device: str, settings: Settings, data: Tensor,
           progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every distribution's row with `backend`; returns the run's record (weights included)."""
+    if settings.steps < 1:
+        raise ValueError(f"steps must be >= 1, got {settings.steps}")
     W0, r0 = initial_weights(settings)
     W = W0.to(device).requires_grad_()
     r = r0.to(device).requires_grad_()
@@ -171,8 +185,9 @@ def train(backend: str, config: str, device: str, settings: Settings, data: Tens
 def _rounding_interval(codes: Tensor) -> tuple[Tensor, Tensor]:
     """(lower, upper) float64: the reals that round to each code's float16 value (finite or +-inf).
 
-    Ties are measure zero for the continuous distributions, and integers are exact in float16
-    below 2048, so the discrete distributions' atoms sit strictly inside an interval.
+    Each interval is half-open, (lower, upper], to match cdfs P(X <= x). Ties are measure zero
+    for the continuous distributions, and integers are exact in float16 below 2048, so the
+    discrete distributions' atoms sit strictly inside an interval (0 inside +0's).
     """
     v16 = from_codes(codes, DTYPE)
     v = v16.double()
@@ -187,9 +202,12 @@ def _rounding_interval(codes: Tensor) -> tuple[Tensor, Tensor]:
     lower = torch.where(v == math.inf, torch.full_like(v, edge), lower)
     lower = torch.where(v == -math.inf, torch.full_like(v, -math.inf), lower)
     upper = torch.where(v == -math.inf, torch.full_like(v, -edge), upper)
-    negative_zero = (v == 0) & (codes >= 1 << (N_BITS - 1))     # -0 takes the negatives that round to 0
-    upper = torch.where(negative_zero, torch.zeros_like(v), upper)
-    lower = torch.where((v == 0) & ~negative_zero, torch.zeros_like(v), lower)
+    # -0 takes the negatives that round to zero, +0 the rest, an atom at 0 included (the cdfs are
+    # P(X <= x), so the boundary between them is the largest float64 below 0).
+    negative_zero = (v == 0) & (codes >= 1 << (N_BITS - 1))
+    below_zero = -math.ulp(0.0)
+    upper = torch.where(negative_zero, torch.full_like(v, below_zero), upper)
+    lower = torch.where((v == 0) & ~negative_zero, torch.full_like(v, below_zero), lower)
     return lower, upper
 
 
@@ -207,6 +225,12 @@ def entropy(dist: Distribution) -> float:
     return float(-(mass * mass.log()).sum())
 
 
+def value_key(codes: Tensor) -> Tensor:
+    """A float64 sort key of float16 codes in value order, -0 just before +0 (as harness/sampling.py)."""
+    values = from_codes(codes, DTYPE).double()
+    return torch.where((values == 0) & (codes >= 1 << (N_BITS - 1)), torch.full_like(values, -math.ulp(0.0)), values)
+
+
 def bulk_codes(dist: Distribution) -> Tensor:
     """Every float16 code whose value lies in the distribution's plotted range, in value order."""
     lo, hi = (torch.tensor(v, dtype=DTYPE) for v in dist.bulk)
@@ -214,7 +238,7 @@ def bulk_codes(dist: Distribution) -> Tensor:
     values = from_codes(every, DTYPE).double()
     inside = (values >= float(lo)) & (values <= float(hi)) & ~torch.isnan(values)
     codes = every[inside]
-    return codes[torch.argsort(values[inside], stable=True)]
+    return codes[torch.argsort(value_key(codes))]
 
 
 def evaluate(W: Tensor, r: Tensor, *, backend: str = "chunked", samples: int = 2000, seed: int = 0,
@@ -230,7 +254,9 @@ def evaluate(W: Tensor, r: Tensor, *, backend: str = "chunked", samples: int = 2
     for row, dist in enumerate(DISTRIBUTIONS):
         codes = bulk_codes(dist)
         W_row, r_row = W[row:row + 1].double().cpu(), r[row:row + 1].double().cpu()
-        learned = sampling.log_prob(W_row, r_row, codes[None], backend=backend)[0].exp()
+        # p over the non-NaN codes, as the CDF and the samples (nan="exclude") are normalised.
+        not_nan = 1 - sampling.nan_mass(W_row, r_row, DTYPE, backend=backend)[0]
+        learned = sampling.log_prob(W_row, r_row, codes[None], backend=backend)[0].exp() / not_nan
         start = sampling.cdf(W_row, r_row, codes[:1], DTYPE, backend=backend)[0, 0]
         learned_cdf = start + torch.cumsum(learned, 0) - learned[0]
         true = true_masses(dist, codes)
@@ -243,7 +269,7 @@ def evaluate(W: Tensor, r: Tensor, *, backend: str = "chunked", samples: int = 2
         keep = torch.unique(torch.cat([torch.linspace(0, codes.numel() - 1, min(max_points, codes.numel())).round()
                                        .long(), true.topk(top).indices, learned.topk(top).indices]))
         out.append({
-            "name": dist.name, "discrete": dist.discrete,
+            "name": dist.name, "discrete": dist.discrete, "codes": codes[keep].tolist(),
             "values": from_codes(codes, DTYPE).double()[keep].tolist(),
             "learned_mass": learned[keep].tolist(), "true_mass": true[keep].tolist(),
             "learned_density": (learned / width)[keep].tolist(), "true_density": (true / width)[keep].tolist(),
@@ -265,10 +291,10 @@ def run(variants: Sequence[tuple[str, str]], device: str, settings: Settings,
     """Train with each (backend, config) on the same data; summary, agreement and the learned fits.
 
     The first variant is the anchor the others' final losses are compared with."""
+    if not variants:
+        raise ValueError(f"no SICK-BIDE backend with gradients to train with on {device}")
     data = make_data(settings)
     runs = [train(b, c, device, settings, data, progress) for b, c in variants]
-    if not runs:
-        return {"settings": vars(settings), "runs": [], "fits": {}}
     anchor = runs[0]
     for record in runs:
         record["delta_nats"] = record["final_nll_ema"] - anchor["final_nll_ema"]

@@ -89,6 +89,8 @@ def main(
     if train_steps is not None and (train_steps < 0 or (command == "train" and train_steps == 0)):
         raise ValueError(f"--train-steps must be >= 1 for train (0 skips training in run), got {train_steps}")
     if command == "train":
+        if not training_variants(device, backends):
+            raise ValueError(f"no selected SICK-BIDE backend with gradients runs on {device}: nothing to train")
         _train(device, backends, train_steps, out_dir, stream)
         return _report(out_dir, stream)
     if command == "sweep":   # one worker of a spread sweep
@@ -178,7 +180,11 @@ def _train(device, backends, steps, out_dir: Path, stream) -> None:
     if steps is not None:
         settings = dataclasses.replace(settings, steps=steps)
     variants = training_variants(device, backends)
-    names = ", ".join(b if c == "default" else f"{b}:{c}" for b, c in variants) or "no backend"
+    if not variants:
+        print(f"# end-to-end training skipped: no selected SICK-BIDE backend with gradients runs on {device}",
+              file=stream, flush=True)
+        return
+    names = ", ".join(b if c == "default" else f"{b}:{c}" for b, c in variants)
     print(f"# end-to-end training: {settings.steps} steps with {names} on {device}", file=stream, flush=True)
     result = bide.run(variants, device, settings, progress=lambda line: print(line, file=stream, flush=True))
     result["command"] = "python -m harness " + shlex.join(sys.argv[1:])

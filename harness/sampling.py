@@ -15,7 +15,7 @@ NaN patterns. -0 ranks just before +0.
 
 Nothing here materialises 2^n probabilities: the mass of a range of codes is the merged
 partial state (m, s) of that range, computed by any backend with k-ranges, so a CDF at Q
-points walks every code once, and a sample descends the code's bits a few at a time:
+points walks every code at most twice, and a sample descends the code's bits a few at a time:
 
     level: the bits above position f are fixed (prefix), c more are chosen; the mass of each
     of the 2^c continuations is a partial state over the f - c free bits, with the fixed bits'
@@ -141,13 +141,18 @@ def cdf(W: Tensor, r: Tensor, codes: Tensor, dtype: torch.dtype, *, nan: str = "
     """P(value <= value of code) per row and code: codes [Q] -> [B, Q] float64.
 
     Codes are bit patterns of `dtype` values (harness.codes.to_codes); NaN patterns get NaN
-    (they have no place in the value order). One pass over the codes in all: the codes
-    between consecutive queries (in value order) are one or two ranges, each a partial state.
+    (they have no place in the value order). Two passes over the codes in all, one for the
+    total and one for the queries: the codes between consecutive queries (in value order)
+    are one or two ranges, each a partial state.
     `kw` goes to sick_bide.partial_state (backend, config, options).
     """
     n_bits, order, inf = _validated(W, r, dtype, nan)
-    if not isinstance(codes, Tensor) or codes.dim() != 1:
+    if (not isinstance(codes, Tensor) or codes.dim() != 1 or codes.dtype.is_floating_point
+            or codes.dtype.is_complex or codes.dtype == torch.bool):
         raise InputError("codes must be a 1-D integer tensor of bit patterns")
+    if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= 1 << n_bits):
+        raise InputError(f"codes must lie in 0 <= code < 2^{n_bits} for {dtype}, got "
+                         f"{int(codes.min())}..{int(codes.max())}")
     segs = segments(n_bits, order, inf)
     ranks = _rank(segs, codes.long().cpu())
     last_rank = sum(abs(last - first) + 1 for first, last, _ in segs) - 1
@@ -211,6 +216,10 @@ def sample(
         raise InputError(f"num_samples must be an int >= 0, got {num_samples!r}")
     if not 1 <= bits_per_level <= 16:
         raise InputError(f"bits_per_level must be in 1..16, got {bits_per_level}")
+    bad_rows = ~(torch.isfinite(W).flatten(1).all(1) & torch.isfinite(r).all(1))
+    if bad_rows.any():
+        raise InputError(f"W or r has NaN or inf in rows {bad_rows.nonzero().flatten().tolist()}: "
+                         "they define no distribution to sample")
     rows = torch.arange(W.shape[0]).repeat_interleave(num_samples)
     codes = _draw(W, r, rows, bits_per_level, generator, kw)
     if inf is not None and nan == "exclude":
@@ -220,9 +229,9 @@ def sample(
             if not bad.any():
                 break
             codes[bad] = _draw(W, r, rows[bad], bits_per_level, generator, kw)
-        else:
+        if ((codes % half) > inf).any():
             mass = nan_mass(W, r, dtype, **kw)
-            raise InputError(f"rows keep drawing NaN patterns after {max_rounds} rounds; p(NaN) per row: "
+            raise InputError(f"rows keep drawing NaN patterns after {max_rounds} redraws; p(NaN) per row: "
                              f"{[round(float(m), 4) for m in mass]}")
     return codes.view(W.shape[0], num_samples)
 
@@ -247,8 +256,10 @@ def _draw(W: Tensor, r: Tensor, rows: Tensor, bits_per_level: int, generator, kw
         W_reduced = torch.cat([W_src[:, :, :free], bias[:, :, None]], dim=2).contiguous()
         log_mass = _log_mass(W_reduced, r[src].contiguous(), [(1 << free, 1 << (free + 1))], **kw)
         log_mass = log_mass.view(-1, 1 << c).cpu()
-        probs = (log_mass - log_mass.max(dim=1, keepdim=True).values).exp()
-        pick = torch.multinomial(probs[inverse], 1, generator=generator).squeeze(1)
+        probs = (log_mass - log_mass.max(dim=1, keepdim=True).values).exp()             # [U, 2^c]
+        step = max(1, (1 << 22) >> c)          # samples per multinomial call: bounded [step, 2^c] copies
+        pick = torch.cat([torch.multinomial(probs[inverse[i:i + step]], 1, generator=generator).squeeze(1)
+                          for i in range(0, inverse.numel(), step)]) if inverse.numel() else inverse
         prefix = prefix << c | pick
         fixed += c
     return prefix
@@ -257,5 +268,5 @@ def _draw(W: Tensor, r: Tensor, rows: Tensor, bits_per_level: int, generator, kw
 def log_prob(W: Tensor, r: Tensor, codes: Tensor, **kw: Any) -> Tensor:
     """log p(code) per row: codes [B, S] -> [B, S] (the negated per-target nll)."""
     with torch.no_grad():
-        nll, _ = sick_bide.loss(W, r, codes, **kw)
+        nll, _ = sick_bide.loss(W, r, codes.to(W.device), **kw)
     return -nll.double()

@@ -43,8 +43,6 @@ def section(result: dict[str, Any], png, table) -> str:
             f"EMA within {result['agreement_nats']} nats.</p>")
     if result.get("command"):
         text += f"<p>Command: <code>{html.escape(result['command'])}</code></p>"
-    if not result["runs"]:
-        return text + "<p>No backend with gradients ran.</p>"
     frame = pd.DataFrame([{
         "variant": rec["variant"], "total s": rec["total_s"], "step ms (median)": 1e3 * rec["step_s_median"],
         "step ms p20..p80": f"{1e3 * rec['step_s_p20']:.3g}..{1e3 * rec['step_s_p80']:.3g}",
@@ -73,9 +71,10 @@ def section(result: dict[str, Any], png, table) -> str:
                                                                                    "of bucket width")
         lo, hi = min(ref["values"]), max(ref["values"])
         samples = [v for v in ref["samples"] if lo <= v <= hi]
-        if samples and key == "density":
-            dens.hist(samples, bins=60, density=True, alpha=0.25, color="gray",
-                      label=f"samples ({result['anchor']}), {len(samples)} in range")
+        if samples and key == "density":   # density of all samples: weights 1 / (all x bin width)
+            width = (hi - lo) / 60
+            dens.hist(samples, bins=60, range=(lo, hi), weights=[1 / (len(ref["samples"]) * width)] * len(samples),
+                      alpha=0.25, color="gray", label=f"samples ({result['anchor']}), {len(samples)} in range")
         dens.plot(ref["values"], ref[f"true_{key}"], color="black", linewidth=1.2, label="true")
         cdf.plot(ref["values"], ref["true_cdf"], color="black", linewidth=1.2, label="true")
         for variant, fits in result["fits"].items():

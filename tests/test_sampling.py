@@ -65,6 +65,52 @@ def test_cdf_matches_brute_force(dtype, nan):
     assert torch.allclose(sampling.cdf(W, r, order[-1:], dtype, nan=nan)[:, 0], want_all[:, -1], atol=1e-12)
 
 
+def test_cdf_at_both_zeros_and_infinities():
+    W, r = rows(torch.float16, seed=6)
+    p = brute_probs(W, r)
+    order = value_order(torch.float16)
+    cdf_all = p[:, order].cumsum(1) / p[:, order].sum(1, keepdim=True)
+    rank = {int(c): i for i, c in enumerate(order)}
+    queries = torch.tensor([0x8000, 0x0000, 0xFC00, 0x7C00, 0x0001, 0x8001])    # -0, +0, -inf, +inf, +-tiny
+    got = sampling.cdf(W, r, queries, torch.float16)
+    want = torch.stack([cdf_all[:, rank[int(q)]] for q in queries], 1)
+    assert torch.allclose(got, want, atol=1e-12)
+    assert (got[:, 0] < got[:, 1]).all() and torch.allclose(got[:, 3], torch.ones(2, dtype=torch.float64))
+
+
+def test_float16_samples_follow_the_distribution_at_the_default_levels():
+    """Chi-square over the 256 high bytes of the codes (sign, exponent, 2 mantissa bits)."""
+    W, r = rows(torch.float16, seed=8, batch=2)
+    p = brute_probs(W, r)
+    nan = torch.isnan(from_codes(torch.arange(1 << 16), torch.float16).double())
+    p[:, nan] = 0
+    p /= p.sum(1, keepdim=True)
+    draws = 40_000
+    codes = sampling.sample(W, r, draws, torch.float16, generator=torch.Generator().manual_seed(9))
+    for row in range(2):
+        counts = torch.bincount(codes[row] >> 8, minlength=256).double()
+        expected = p[row].view(256, 256).sum(1) * draws
+        big = expected >= 5
+        chi2 = float(((counts[big] - expected[big]) ** 2 / expected[big]).sum())
+        dof = int(big.sum())
+        assert chi2 < dof + 10 * math.sqrt(2 * dof) + 30, (row, chi2, dof)
+
+
+def test_log_prob_is_the_exact_log_probability():
+    W, r = rows(torch.int8, seed=10)
+    p = brute_probs(W, r)
+    codes = torch.tensor([[0, 5, 255], [128, 7, 64]])
+    assert torch.allclose(sampling.log_prob(W, r, codes).exp(), p.gather(1, codes), atol=1e-12)
+
+
+def test_nan_redraws_stop_when_none_are_left():
+    W, r = rows(torch.float16, seed=4, batch=1, scale=1.5)
+    with pytest.raises(InputError, match="keep drawing NaN patterns after 0 redraws"):
+        sampling.sample(W, r, 4000, torch.float16, max_rounds=0)       # p(NaN) > 0.01: some are drawn
+    W_int, r_int = rows(torch.int8)
+    assert sampling.sample(W_int, r_int, 10, torch.int8, max_rounds=0).shape == (2, 10)
+
+
 def test_cdf_of_nan_patterns_is_nan():
     W, r = rows(torch.float16)
     nan_codes = to_codes(torch.tensor([math.nan, -math.nan], dtype=torch.float16))
@@ -137,3 +183,11 @@ def test_bad_arguments_are_named():
         sampling.sample(W, r, 3, torch.int8, bits_per_level=0)
     with pytest.raises(InputError, match="1-D integer tensor"):
         sampling.cdf(W, r, torch.tensor([[0]]), torch.int8)
+    with pytest.raises(InputError, match="1-D integer tensor"):
+        sampling.cdf(W, r, torch.tensor([0.5]), torch.int8)
+    with pytest.raises(InputError, match=r"codes must lie in 0 <= code < 2\^8 for torch\.int8, got -1\.\.3"):
+        sampling.cdf(W, r, torch.tensor([-1, 3]), torch.int8)
+    W_nan = W.clone()
+    W_nan[1, 0, 0] = math.nan
+    with pytest.raises(InputError, match=r"NaN or inf in rows \[1\]"):
+        sampling.sample(W_nan, r, 3, torch.int8)
