@@ -108,6 +108,8 @@ def main(
     if command == "verify":
         return 1 if failed else 0
     _sweep(device, problems, backends, grid, out_dir, gpus, stream)
+    if train_steps is None and os.environ.get("FUSEDBENCH_TRAIN_STEPS") == "0":
+        train_steps = 0
     if train_steps != 0 and (not problems or "sick_bide" in problems):
         _train(device, backends, train_steps, out_dir, stream)
     return _report(out_dir, stream) or (1 if failed else 0)
@@ -177,6 +179,8 @@ def _train(device, backends, steps, out_dir: Path, stream) -> None:
     from harness import bide
 
     settings = bide.GPU_SETTINGS if torch.device(device).type == "cuda" else bide.CPU_SETTINGS
+    if steps is None and os.environ.get("FUSEDBENCH_TRAIN_STEPS"):
+        steps = int(os.environ["FUSEDBENCH_TRAIN_STEPS"])
     if steps is not None:
         settings = dataclasses.replace(settings, steps=steps)
     variants = training_variants(device, backends)
@@ -247,7 +251,7 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", help="results directory for run (default: results/<date-time>)")
     parser.add_argument("--gpus", type=int, default=1, help="spread the sweep over this many GPUs (run)")
     parser.add_argument("--train-steps", type=int, help="AdamW steps of the end-to-end training benchmark "
-                        "(default: 2000 on CUDA, 300 on the CPU; 0 skips it in run)")
+                        "(default: $FUSEDBENCH_TRAIN_STEPS, else 2000 on CUDA, 300 on the CPU; 0 skips it in run)")
     parser.add_argument("--shard", help=argparse.SUPPRESS)   # i/n: the cells of one worker of a spread sweep
     args = parser.parse_args(argv)
     try:

@@ -74,3 +74,11 @@ def test_train_steps_and_bad_flags_are_one_line_errors(tmp_path):
         cli.main("run", device="cpu", train_steps=-3, out=str(tmp_path))
     out = subprocess.run([sys.executable, "-m", "harness", "run", "--grid", "huge"], capture_output=True, text=True)
     assert out.returncode == 2 and "error: unknown grid 'huge'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_train_steps_come_from_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSEDBENCH_TRAIN_STEPS", "2")
+    assert cli.main("train", device="cpu", backends=["reference"], out=str(tmp_path), stream=io.StringIO()) == 0
+    result = json.loads((tmp_path / "train.json").read_text())
+    assert result["settings"]["steps"] == 2 and [r["variant"] for r in result["runs"]] == ["reference"]
+    assert (tmp_path / "report.html").exists()
