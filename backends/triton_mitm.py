@@ -321,11 +321,13 @@ def partial_state(
     fused_mid_bits: int = 8,
     fused_num_warps: int = 4,
     programs_per_sm: int = 2,
+    maxnreg: int = 0,
+    fused_maxnreg: int = 0,
 ) -> None:
     batch, hidden, n_bits = W.shape
     fused = out.D is not None
     if fused:
-        lo_bits, mid_bits, num_warps = fused_lo_bits, fused_mid_bits, fused_num_warps
+        lo_bits, mid_bits, num_warps, maxnreg = fused_lo_bits, fused_mid_bits, fused_num_warps, fused_maxnreg
     n_lo = min(n_bits, lo_bits)
     n_mid = min(n_bits - n_lo, mid_bits)
     n_top = n_bits - n_lo - n_mid
@@ -357,6 +359,8 @@ def partial_state(
              n_items)
     blocks = {"HB": 16, "BLOCK_LO": block_lo, "BLOCK_MID": block_mid, "MID_A_BITS": min(mid_bits, 5),
               "num_warps": num_warps}
+    if maxnreg:   # a register cap (ptxas spills past it) buys resident programs, as CuPy's min_blocks does
+        blocks["maxnreg"] = maxnreg
     if not fused:
         _forward_kernel[grid](*args, *sizes, **blocks)
     else:
