@@ -24,31 +24,15 @@ CUDA, or the CPU under TRITON_INTERPRET=1.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 from torch import Tensor
 
 from harness import Backend
 from harness.problems.layers import EPS
-from harness.triton_helpers import rounded
-
-TRITON_MISSING = importlib.util.find_spec("triton") is None
-if not TRITON_MISSING:
-    import triton
-    import triton.language as tl
-else:  # the module must import without triton, so that the registry can say why it is unavailable
-    triton = tl = None
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from harness.triton_helpers import DEVICES, jit, rounded, tl, triton, unavailable
 
 
-def _jit(fn):
-    return fn if TRITON_MISSING else triton.jit(fn)
-
-
-@_jit
+@jit
 def _tile(n0, l0, channels, batch, n_channels, length, BLOCK_N: tl.constexpr, BLOCK_L: tl.constexpr):
     """Offsets [BLOCK_N, BLOCK_C, BLOCK_L] of x[n0:, channels, l0:] and their mask (no division)."""
     n = n0 + tl.arange(0, BLOCK_N)
@@ -59,20 +43,20 @@ def _tile(n0, l0, channels, batch, n_channels, length, BLOCK_N: tl.constexpr, BL
     return offsets, mask
 
 
-@_jit
+@jit
 def _per_channel(tile):
     """[BLOCK_N, BLOCK_C, BLOCK_L] -> [BLOCK_C], summed over values."""
     return tl.sum(tl.sum(tile, 2), 0)
 
 
-@_jit
+@jit
 def _pre_activation(x, mu, rstd, w, b):
     """(xhat, W xhat + b): one helper for both kernels, so the ReLU mask is the same bits."""
     xhat = (x - mu[None, :, None]) * rstd[None, :, None]
     return xhat, xhat * w[None, :, None] + b[None, :, None]
 
 
-@_jit
+@jit
 def _bn_relu_forward(x_ptr, w_ptr, b_ptr, y_ptr, mu_ptr, rstd_ptr, batch, n_channels, length, eps,
                      BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -111,7 +95,7 @@ def _bn_relu_forward(x_ptr, w_ptr, b_ptr, y_ptr, mu_ptr, rstd_ptr, batch, n_chan
     tl.store(rstd_ptr + channels, rstd, mask=on)
 
 
-@_jit
+@jit
 def _bn_relu_backward(x_ptr, dy_ptr, w_ptr, b_ptr, mu_ptr, rstd_ptr, dx_ptr, dw_ptr, db_ptr,
                       batch, n_channels, length,
                       BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -186,18 +170,15 @@ def _backward(saved, grad_outputs, needs):
     return dx, dw.to(W.dtype), db.to(b.dtype)
 
 
-def _unavailable(config: str) -> str | None:
-    return "triton is not installed (pip install 'fusedbench[triton]')" if TRITON_MISSING else None
-
 
 BACKENDS = [
     Backend(
         name="triton",
         problem="batchnorm_relu",
         kernels={"forward": _forward, "backward": _backward},
-        devices=("cuda", "cpu") if INTERPRET else ("cuda",),
+        devices=DEVICES,
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
-        unavailable=_unavailable,
+        unavailable=unavailable,
         priority=2,
         summary="fused statistics, normalisation and ReLU; backward recomputes xhat and the mask",
     )

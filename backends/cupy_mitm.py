@@ -107,6 +107,8 @@ def partial_state(
     min_blocks: int = 6,
     fused_min_blocks: int = 3,
 ) -> None:
+    if tiles and {block_lo, fused_block_lo} - {4, 8}:
+        raise ValueError(f"block_lo and fused_block_lo must be 4 or 8, got {block_lo} and {fused_block_lo}")
     import cupy
     import numpy as np
 
@@ -116,8 +118,6 @@ def partial_state(
     fused = out.D is not None
     block_lo = fused_block_lo if fused else block_lo
     if tiles:   # codes = (tile << (n_lo + n_mid)) | (q << n_lo) | p; chunks are whole tiles
-        if block_lo not in (4, 8):
-            raise ValueError(f"block_lo and fused_block_lo must be 4 or 8, got {block_lo}")
         n_lo = min(n_bits, (TILE_TP * block_lo).bit_length() - 1)
         n_mid = min(n_bits - n_lo, 7)
         first, last = k_start >> (n_lo + n_mid), (k_stop - 1) >> (n_lo + n_mid)

@@ -232,6 +232,16 @@ __device__ void tile_logits(const Item& it, const Tables& tb, long long tile, fl
     }
 }
 
+// The largest of this thread's logits.
+__device__ __forceinline__ float block_max(const float (&l)[AP][BQ]) {
+    float mt = NEG_INF;
+    #pragma unroll
+    for (int i = 0; i < AP; ++i)
+        #pragma unroll
+        for (int j = 0; j < BQ; ++j) mt = fmaxf(mt, l[i][j]);
+    return mt;
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_forward(
     const float* W, const float* r, float* m_out, float* s_out, int H, int n_bits, int n_lo, int n_mid,
     long long k_start, long long k_stop, long long first_tile, long long last_tile, int chunks,
@@ -247,12 +257,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_forward(
         const float r_top = tile_tables(it, tb, tile);
         float l[AP][BQ];
         tile_logits(it, tb, tile, r_top, l);
-        float mt = NEG_INF;
-        #pragma unroll
-        for (int i = 0; i < AP; ++i)
-            #pragma unroll
-            for (int j = 0; j < BQ; ++j) mt = fmaxf(mt, l[i][j]);
-        const float m_new = fmaxf(m, mt);
+        const float m_new = fmaxf(m, block_max(l));
         if (m_new == NEG_INF) continue;                // nothing valid here yet
         float acc = 0.f;
         #pragma unroll
@@ -295,12 +300,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
         const float r_top = tile_tables(it, tb, tile);
         float e[AP][BQ];
         tile_logits(it, tb, tile, r_top, e);
-        float mt = NEG_INF;
-        #pragma unroll
-        for (int i = 0; i < AP; ++i)
-            #pragma unroll
-            for (int j = 0; j < BQ; ++j) mt = fmaxf(mt, e[i][j]);
-        const float m_new = fmaxf(m, block_reduce(mt, tb.red, true));
+        const float m_new = fmaxf(m, block_reduce(block_max(e), tb.red, true));
         if (m_new == NEG_INF) continue;                // block-uniform: nothing valid here yet
         if (m_new > m) {                               // rescale the accumulators to the new scale
             const float alpha = fast_exp2(m - m_new);

@@ -24,30 +24,14 @@ CUDA, or the CPU under TRITON_INTERPRET=1.
 
 from __future__ import annotations
 
-import importlib.util
-import os
-
 import torch
 from torch import Tensor
 
 from harness import Backend
-from harness.triton_helpers import rounded
-
-TRITON_MISSING = importlib.util.find_spec("triton") is None
-if not TRITON_MISSING:
-    import triton
-    import triton.language as tl
-else:  # the module must import without triton, so that the registry can say why it is unavailable
-    triton = tl = None
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from harness.triton_helpers import DEVICES, jit, rounded, tl, triton, unavailable
 
 
-def _jit(fn):
-    return fn if TRITON_MISSING else triton.jit(fn)
-
-
-@_jit
+@jit
 def _softmax_forward_row(x_ptr, y_ptr, n_cols, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -60,7 +44,7 @@ def _softmax_forward_row(x_ptr, y_ptr, n_cols, BLOCK: tl.constexpr):
     tl.store(y_ptr + row * n_cols + cols, rounded(e / s, y_ptr.dtype.element_ty), mask=mask)
 
 
-@_jit
+@jit
 def _softmax_backward_row(y_ptr, dy_ptr, dx_ptr, n_cols, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -71,7 +55,7 @@ def _softmax_backward_row(y_ptr, dy_ptr, dx_ptr, n_cols, BLOCK: tl.constexpr):
     tl.store(dx_ptr + row * n_cols + cols, rounded((dy - dot) * y, dx_ptr.dtype.element_ty), mask=mask)
 
 
-@_jit
+@jit
 def _softmax_forward(x_ptr, y_ptr, n_cols, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     x_row, y_row = x_ptr + row * n_cols, y_ptr + row * n_cols
@@ -98,7 +82,7 @@ def _softmax_forward(x_ptr, y_ptr, n_cols, BLOCK: tl.constexpr):
         tl.store(y_row + start + cols, rounded(y, y_ptr.dtype.element_ty), mask=mask)
 
 
-@_jit
+@jit
 def _softmax_backward(y_ptr, dy_ptr, dx_ptr, n_cols, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     y_row, dy_row, dx_row = y_ptr + row * n_cols, dy_ptr + row * n_cols, dx_ptr + row * n_cols
@@ -148,19 +132,16 @@ def _backward(saved, grad_outputs, needs, looped: bool = False) -> tuple[Tensor]
     return (dx,)
 
 
-def _unavailable(config: str) -> str | None:
-    return "triton is not installed (pip install 'fusedbench[triton]')" if TRITON_MISSING else None
-
 
 BACKENDS = [
     Backend(
         name="triton",
         problem="softmax",
         kernels={"forward": _forward, "backward": _backward},
-        devices=("cuda", "cpu") if INTERPRET else ("cuda",),
+        devices=DEVICES,
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
         configs={"default": {}, "looped": {"looped": True}},
-        unavailable=_unavailable,
+        unavailable=unavailable,
         priority=2,
         summary="fused row kernels in float32 registers: one read per element, or an online two-pass loop",
     )

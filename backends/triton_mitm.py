@@ -41,30 +41,16 @@ inputs, tables and accumulation in float32. CUDA, or the CPU under TRITON_INTERP
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import torch
 
 from harness import Backend
 from harness.problems.sick_bide import PartialState, merge_chunks
+from harness.triton_helpers import DEVICES, INTERPRET, jit, tl, unavailable
 
-TRITON_MISSING = importlib.util.find_spec("triton") is None
-if not TRITON_MISSING:
-    import triton
-    import triton.language as tl
-else:  # the module must import without triton, so that the registry can say why it is unavailable
-    triton = tl = None
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 LOG2E = 1.4426950408889634
 
-
-def _jit(fn=None, **options):
-    if fn is None:
-        return lambda f: _jit(f, **options)
-    return fn if TRITON_MISSING else triton.jit(fn, **options)
 
 
 # Sizes vary call to call; specialising on them (value 1, multiples of 16) would recompile per shape.
@@ -72,14 +58,14 @@ _RUNTIME_INTS = ["H", "n_bits", "n_lo", "n_mid", "n_top", "k_start", "k_stop", "
                  "tiles_per_chunk", "n_items"]
 
 
-@_jit
+@jit
 def _fold_r(r):
     """r -> (c log2 e, sign r): c = |r|, or 1 where r = 0."""
     c = tl.where(r != 0, tl.abs(r), 1.0) * 1.4426950408889634
     return c, tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, 0.0))
 
 
-@_jit
+@jit
 def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid,
                   HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr):
     """Write Qlo [H, BLOCK_LO], P_mid [H, BLOCK_MID] and R_mid [BLOCK_MID] of one row to scratch,
@@ -116,7 +102,7 @@ def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid,
     tl.store(mid_table + H * BLOCK_MID + offs_q, r_mid * 1.4426950408889634)
 
 
-@_jit
+@jit
 def _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB: tl.constexpr,
               BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
     """Write P_top [H] of `tile` to scratch; return R_top (base 2)."""
@@ -135,7 +121,7 @@ def _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB: tl
     return r_top * 1.4426950408889634
 
 
-@_jit
+@jit
 def _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
     """(Qlo [BLOCK_LO], Qhi [BLOCK_MID], s) of hidden unit h of the current tile."""
     c, sgn = _fold_r(tl.load(r_row + h))
@@ -145,7 +131,7 @@ def _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO: tl.constexpr
     return q_lo, q_hi, sgn
 
 
-@_jit
+@jit
 def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge,
                  BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
     """l [BLOCK_LO, BLOCK_MID] of `tile` in base 2. On an edge tile (the range's first or last,
@@ -165,7 +151,7 @@ def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, e
     return acc
 
 
-@_jit(do_not_specialize=_RUNTIME_INTS)
+@jit(do_not_specialize=_RUNTIME_INTS)
 def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr,
                     H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
                     chunks, tiles_per_chunk, n_items,
@@ -201,7 +187,7 @@ def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr,
         tl.store(s_ptr + item, s)
 
 
-@_jit
+@jit
 def _rescale_add(ptrs, mask, alpha, d, first):
     """X <- alpha X + d; on a work item's first tile X <- d (the buffer may hold poison).
 
@@ -214,7 +200,7 @@ def _rescale_add(ptrs, mask, alpha, d, first):
     tl.store(ptrs, tl.where(first, d, alpha * old + d), mask=mask)
 
 
-@_jit
+@jit
 def _fold(acc_ptr, d_ptr, h0, H, n_bits, col0, n_cols, K, HB: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr):
     """D[h, col0 + j] = sum_k acc[h, k] b_kj for j < n_cols, hidden units h0..h0+HB, codes in KB chunks.
 
@@ -234,7 +220,7 @@ def _fold(acc_ptr, d_ptr, h0, H, n_bits, col0, n_cols, K, HB: tl.constexpr, KB: 
              mask=(offs_h[:, None] < H) & (j[None, :] < n_cols))
 
 
-@_jit(do_not_specialize=_RUNTIME_INTS)
+@jit(do_not_specialize=_RUNTIME_INTS)
 def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
                   H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
                   chunks, tiles_per_chunk, n_items,
@@ -371,23 +357,18 @@ def partial_state(
         merge_chunks(m_ws, s_ws, d_ws, out)
 
 
-def _unavailable(config: str) -> str | None:
-    if TRITON_MISSING:
-        return "triton is not installed (pip install 'fusedbench[triton]')"
-    return None
-
 
 BACKENDS = [
     Backend(
         name="triton",
         problem="sick_bide",
         kernels={"partial_state": partial_state},
-        devices=("cuda", "cpu") if INTERPRET else ("cuda",),
+        devices=DEVICES,
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
         limits={"n_bits": (1, 32)},
         features=frozenset({"grad", "k_ranges"}),
         configs={"default": {}},
-        unavailable=_unavailable,
+        unavailable=unavailable,
         priority=10,
         summary="Triton, one fused pass: 3-way meet-in-the-middle tables, r folded in, online softmax",
     )

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from harness import measure, sampling
+from harness import measure, registry, sampling
 from harness.codes import from_codes, to_codes
 from harness.problems import sick_bide
 
@@ -174,7 +174,8 @@ def train(backend: str, config: str, device: str, settings: Settings, data: Tens
         emas.append(ema / (1 - EMA_DECAY**step))
     ordered = sorted(step_s)
     return {
-        "backend": backend, "config": config, "variant": backend if config == "default" else f"{backend}:{config}",
+        "backend": backend, "config": config, "variant": registry.variant_name(registry.backend("sick_bide", backend),
+                                                                                config),
         "device": device, "steps": settings.steps, "total_s": total_s,
         "step_s_median": statistics.median(step_s), "step_s_p20": ordered[int(0.2 * (len(ordered) - 1))],
         "step_s_p80": ordered[int(0.8 * (len(ordered) - 1))], "final_nll_ema": emas[-1], "peak_bytes": peak,

@@ -86,6 +86,8 @@ def main(
 
         if grid not in sweep.GRIDS:   # before verification, not after it
             raise ValueError(f"unknown grid {grid!r}; grids: {sorted(sweep.GRIDS)}")
+    if train_steps is None and os.environ.get("FUSEDBENCH_TRAIN_STEPS"):
+        train_steps = int(os.environ["FUSEDBENCH_TRAIN_STEPS"])
     if train_steps is not None and (train_steps < 0 or (command == "train" and train_steps == 0)):
         raise ValueError(f"--train-steps must be >= 1 for train (0 skips training in run), got {train_steps}")
     if command == "train":
@@ -108,8 +110,6 @@ def main(
     if command == "verify":
         return 1 if failed else 0
     _sweep(device, problems, backends, grid, out_dir, gpus, stream)
-    if train_steps is None and os.environ.get("FUSEDBENCH_TRAIN_STEPS") == "0":
-        train_steps = 0
     if train_steps != 0 and (not problems or "sick_bide" in problems):
         _train(device, backends, train_steps, out_dir, stream)
     return _report(out_dir, stream) or (1 if failed else 0)
@@ -165,13 +165,9 @@ def _sweep(device, problems, backends, grid, out_dir: Path, gpus: int, stream) -
 def training_variants(device: str, backends: Sequence[str] | None = None) -> list[tuple[str, str]]:
     """(backend, config) of every SICK-BIDE backend with gradients that runs on `device`, the
     reference first (the anchor the others' final losses are compared with)."""
-    found = []
-    for backend in registry.backends("sick_bide"):
-        if "grad" not in backend.features or (backends and backend.name not in backends):
-            continue
-        for config in backend.configs:
-            if registry.unavailable_reason(backend, config, device) is None:
-                found.append((backend.name, config))
+    found = [(b.name, config) for b, config in registry.variants("sick_bide")
+             if "grad" in b.features and (not backends or b.name in backends)
+             and registry.unavailable_reason(b, config, device) is None]
     return sorted(found, key=lambda v: (v[0] != "reference", v))
 
 
@@ -179,8 +175,6 @@ def _train(device, backends, steps, out_dir: Path, stream) -> None:
     from harness import bide
 
     settings = bide.GPU_SETTINGS if torch.device(device).type == "cuda" else bide.CPU_SETTINGS
-    if steps is None and os.environ.get("FUSEDBENCH_TRAIN_STEPS"):
-        steps = int(os.environ["FUSEDBENCH_TRAIN_STEPS"])
     if steps is not None:
         settings = dataclasses.replace(settings, steps=steps)
     variants = training_variants(device, backends)
@@ -188,7 +182,7 @@ def _train(device, backends, steps, out_dir: Path, stream) -> None:
         print(f"# end-to-end training skipped: no selected SICK-BIDE backend with gradients runs on {device}",
               file=stream, flush=True)
         return
-    names = ", ".join(b if c == "default" else f"{b}:{c}" for b, c in variants)
+    names = ", ".join(registry.variant_name(registry.backend("sick_bide", b), c) for b, c in variants)
     print(f"# end-to-end training: {settings.steps} steps with {names} on {device}", file=stream, flush=True)
     result = bide.run(variants, device, settings, progress=lambda line: print(line, file=stream, flush=True))
     result["command"] = "python -m harness " + shlex.join(sys.argv[1:])

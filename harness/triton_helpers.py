@@ -1,4 +1,8 @@
-"""Triton helpers shared by backends (importable without Triton; the helpers are None then).
+"""What every Triton backend shares; importable without Triton (then `triton`, `tl`, `rounded` are None).
+
+`jit`: triton.jit, or the identity without Triton, so kernel modules import anywhere and the
+registry can say why they are unavailable (`unavailable`). `DEVICES`: CUDA, plus the CPU under
+TRITON_INTERPRET=1 (the test plugin sets it on machines without a GPU).
 
 `rounded(value, OUT_DTYPE)`: a float32 value converted to OUT_DTYPE, rounded to nearest even.
 Compiled kernels already round this way (cvt.rn), but Triton's interpreter converts float32 to
@@ -11,11 +15,32 @@ first makes the conversion exact on both; NaN stays NaN.
 from __future__ import annotations
 
 import importlib.util
+import os
 
-if importlib.util.find_spec("triton") is not None:
+TRITON_MISSING = importlib.util.find_spec("triton") is None
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+DEVICES = ("cuda", "cpu") if INTERPRET else ("cuda",)
+
+if not TRITON_MISSING:
     import triton
     import triton.language as tl
+else:
+    triton = tl = None
 
+
+def jit(fn=None, **options):
+    """triton.jit(fn, **options), usable bare or with options; the identity without Triton."""
+    if fn is None:
+        return lambda f: jit(f, **options)
+    return fn if TRITON_MISSING else triton.jit(fn, **options)
+
+
+def unavailable(config: str) -> str | None:
+    """Backend.unavailable for Triton backends."""
+    return "triton is not installed (pip install 'fusedbench[triton]')" if TRITON_MISSING else None
+
+
+if not TRITON_MISSING:
     @triton.jit
     def rounded(value, OUT_DTYPE: tl.constexpr):
         if tl.bfloat16 == OUT_DTYPE:

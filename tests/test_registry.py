@@ -98,3 +98,13 @@ def test_python_m_harness_list_shows_every_backend():
         assert f"  {name} " in out.stdout
     assert "config 'compile'" in out.stdout
     assert "cpu: available" in out.stdout
+
+
+def test_cupy_block_options_are_refused_before_any_gpu_work():
+    from backends import cupy_mitm
+    from harness.problems.sick_bide import empty_state
+
+    W, r = torch.zeros(2, 3, 4), torch.zeros(2, 3)
+    out = empty_state(2, 3, 4, torch.float32, "cpu", want_grad=False)
+    with pytest.raises(ValueError, match="block_lo and fused_block_lo must be 4 or 8, got 5 and 8"):
+        cupy_mitm.partial_state(W, r, 0, 16, out, block_lo=5)
