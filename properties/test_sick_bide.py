@@ -100,6 +100,25 @@ def test_matches_float64_oracle(sick_bide_variant, case):
     judge(sick_bide_variant, case, inputs, run(sick_bide_variant, inputs))
 
 
+@given(case=cases(dtype_names=ALL_DTYPES))
+@pinned
+def test_forward_only_matches_float64_oracle(sick_bide_variant, case):
+    """The forward-only call (no gradient sums: its own kernels in the fused backends) holds nll and
+    lse to the same policy as the gradient path."""
+    backend, config, device = sick_bide_variant
+    note(f"case: {case}")
+    inputs = case.tensors(device)
+    if refusal(backend, config, case, device) is not None:
+        with pytest.raises(UnsupportedError):
+            run(sick_bide_variant, inputs, mode="forward")
+        return
+    outputs = run(sick_bide_variant, inputs, mode="forward")
+    oracle, reference, slack = verify.ground_truth(PROBLEM, inputs, case.torch_dtype)
+    keep = {name: oracle[name] for name in outputs}
+    name = f"{registry.variant_name(*sick_bide_variant[:2])} forward on {device}"
+    tolerance.assert_within(outputs, keep, reference, case.torch_dtype, f"{name}, {case}", slack)
+
+
 def draw_case(data, variant, **kwargs) -> Case:
     """A case the variant declares it runs; skips (with the reason) if there is none."""
     try:
