@@ -48,11 +48,7 @@ MAX_HIDDEN = 64        # lo_per_thread's register arrays; tiles' shared memory a
 # Tile geometry of cupy_tiles.cu: 8 threads x AP lo codes, 16 threads x 8 mid codes (Q = 128).
 TILE_Q, TILE_QA, TILE_QB, TILE_TP, TILE_TQ, TILE_CSTRIDE = 128, 32, 4, 8, 16, 132
 
-SOURCES = {
-    name: (pathlib.Path(__file__).with_name(f"{name}.cu")).read_text() for name in ("cupy_mitm", "cupy_tiles", "cupy_mma")
-}
-# cupy_mma.cu: 16 lo codes x 256 mid codes per tile, 4 warps, hidden units padded to a multiple of 8.
-MMA_LO_BITS, MMA_MID_BITS, MMA_WARPS = 4, 8, 4
+SOURCES = {name: (pathlib.Path(__file__).with_name(f"{name}.cu")).read_text() for name in ("cupy_mitm", "cupy_tiles")}
 
 
 @functools.cache
@@ -91,31 +87,6 @@ def _tiles_shared_bytes(hidden: int, fused: bool, block_lo: int) -> int:
     return 4 * floats
 
 
-def _mma_padded(hidden: int) -> int:
-    """cupy_mma.cu's HP: hidden units padded to 8, 16, 32 or 64 (one compiled kernel each)."""
-    return next(p for p in (8, 16, 32, 64) if hidden <= p)
-
-
-def _mma_shared_bytes(padded: int, n_bits: int) -> int:
-    """cupy_mma.cu's smem_floats, in bytes."""
-    pairs = padded // 2
-    stride = pairs + 4
-    return 4 * (64 * n_bits + 3 * padded * 16 + 256 * stride + 256 + pairs * 64 + MMA_WARPS * padded
-                + MMA_WARPS * 16 * stride + 2 * MMA_WARPS)
-
-
-@functools.cache
-def _mma_kernel(dtype: torch.dtype, arch: str, padded: int, column_blocks: int):
-    """The tensor-core forward of cupy_mma.cu for float16 or bfloat16 inputs, `padded` hidden units."""
-    import cupy
-
-    name = "sick_bide_mma_forward_" + ("bf16" if dtype == torch.bfloat16 else "f16")
-    options = ("-std=c++17", f"-arch={arch}", f"-DHP={padded}", f"-DCB={column_blocks}")
-    kernel = cupy.RawKernel(SOURCES["cupy_mma"], name, options=options)
-    kernel.max_dynamic_shared_size_bytes = _mma_shared_bytes(padded, 32)
-    return kernel
-
-
 @functools.cache
 def _device_facts(index: int) -> tuple[str, int]:
     props = torch.cuda.get_device_properties(index)
@@ -135,11 +106,7 @@ def partial_state(
     blocks_per_sm: int = 4,
     min_blocks: int = 6,
     fused_min_blocks: int = 3,
-    tensor_cores: bool = False,
-    mma_column_blocks: int = 8,
 ) -> None:
-    if tensor_cores and mma_column_blocks not in (1, 2, 4, 8):
-        raise ValueError(f"mma_column_blocks must be 1, 2, 4 or 8, got {mma_column_blocks}")
     if tiles and {block_lo, fused_block_lo} - {4, 8}:
         raise ValueError(f"block_lo and fused_block_lo must be 4 or 8, got {block_lo} and {fused_block_lo}")
     import cupy
@@ -150,13 +117,7 @@ def partial_state(
     arch, sms = _device_facts(device)
     fused = out.D is not None
     block_lo = fused_block_lo if fused else block_lo
-    mma = tensor_cores and not fused and W.dtype in (torch.float16, torch.bfloat16)
-    if mma:     # codes = (tile << 12) | (q << 4) | p; chunks are whole tiles, one per warp at a time
-        n_lo = min(n_bits, MMA_LO_BITS)
-        n_mid = min(n_bits - n_lo, MMA_MID_BITS)
-        first, last = k_start >> (n_lo + n_mid), (k_stop - 1) >> (n_lo + n_mid)
-        per_chunk_unit, units = 1, last - first + 1
-    elif tiles:   # codes = (tile << (n_lo + n_mid)) | (q << n_lo) | p; chunks are whole tiles
+    if tiles:   # codes = (tile << (n_lo + n_mid)) | (q << n_lo) | p; chunks are whole tiles
         n_lo = min(n_bits, (TILE_TP * block_lo).bit_length() - 1)
         n_mid = min(n_bits - n_lo, 7)
         first, last = k_start >> (n_lo + n_mid), (k_stop - 1) >> (n_lo + n_mid)
@@ -175,18 +136,11 @@ def partial_state(
     d_ws = None
     if fused:
         d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=f32, device=W.device)
-    # The tensor-core kernel reads the half inputs as they are (16-bit words); the others read float32.
-    inputs = [x.contiguous().view(torch.int16) if mma else x.to(f32).contiguous() for x in (W, r)]
+    W32, r32 = W.to(f32).contiguous(), r.to(f32).contiguous()
     stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
     with cupy.cuda.Device(device), stream:   # views made on torch's stream: no cross-stream wait
-        views = [cupy.from_dlpack(x) for x in (*inputs, m_ws, s_ws)] + ([cupy.from_dlpack(d_ws)] if fused else [])
-        if mma:
-            tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int32(n_mid), np.int64(k_start),
-                    np.int64(k_stop), np.int64(first), np.int64(last), np.int32(chunks), np.int64(per_chunk))
-            padded = _mma_padded(hidden)
-            kernel = _mma_kernel(W.dtype, arch, padded, mma_column_blocks)
-            kernel((batch * chunks,), (THREADS,), (*views, *tail), shared_mem=_mma_shared_bytes(padded, n_bits))
-        elif tiles:
+        views = [cupy.from_dlpack(x) for x in (W32, r32, m_ws, s_ws)] + ([cupy.from_dlpack(d_ws)] if fused else [])
+        if tiles:
             tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int32(n_mid), np.int64(k_start),
                     np.int64(k_stop), np.int64(first), np.int64(last), np.int32(chunks), np.int64(per_chunk))
             shared = _tiles_shared_bytes(hidden, fused, block_lo)
@@ -218,7 +172,7 @@ BACKENDS = [
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
         limits={"n_bits": (1, 32), "hidden": (1, MAX_HIDDEN)},
         features=frozenset({"grad", "k_ranges"}),
-        configs={"default": {}, "lo_per_thread": {"tiles": False}, "mma": {"tensor_cores": True}},
+        configs={"default": {}, "lo_per_thread": {"tiles": False}},
         unavailable=_unavailable,
         priority=5,
         summary="CUDA C via CuPy (NVRTC): register-tiled 4 x 8 codes per thread; or a lo code per thread",
