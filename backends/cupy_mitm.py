@@ -40,6 +40,7 @@ import pathlib
 import torch
 
 from harness import Backend
+from harness.autotune import AUTOTUNE
 from harness.problems.sick_bide import PartialState, merge_chunks
 
 CUPY_MISSING = importlib.util.find_spec("cupy") is None
@@ -163,6 +164,15 @@ def _unavailable(config: str) -> str | None:
     return None
 
 
+# The `autotune` config's candidates (harness/autotune.py times them per size): the default first.
+TUNING = [
+    {},
+    {"block_lo": 8, "fused_block_lo": 4},
+    {"blocks_per_sm": 8},
+    {"blocks_per_sm": 2},
+]
+
+
 BACKENDS = [
     Backend(
         name="cupy",
@@ -172,7 +182,7 @@ BACKENDS = [
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
         limits={"n_bits": (1, 32), "hidden": (1, MAX_HIDDEN)},
         features=frozenset({"grad", "k_ranges"}),
-        configs={"default": {}, "lo_per_thread": {"tiles": False}},
+        configs={"default": {}, "lo_per_thread": {"tiles": False}, "autotune": {AUTOTUNE: TUNING}},
         unavailable=_unavailable,
         priority=5,
         summary="CUDA C via CuPy (NVRTC): register-tiled 4 x 8 codes per thread; or a lo code per thread",

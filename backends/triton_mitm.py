@@ -46,6 +46,7 @@ import math
 import torch
 
 from harness import Backend
+from harness.autotune import AUTOTUNE
 from harness.problems.sick_bide import PartialState, merge_chunks
 from harness.triton_helpers import DEVICES, INTERPRET, jit, tl, unavailable
 
@@ -358,6 +359,18 @@ def partial_state(
 
 
 
+# The `autotune` config's candidates (harness/autotune.py times them per size): the default first,
+# then tiles with more or fewer mid codes, more lo codes, or more warps, for both passes.
+TUNING = [
+    {},
+    {"mid_bits": 7, "fused_mid_bits": 7},
+    {"mid_bits": 9, "fused_mid_bits": 9, "fused_num_warps": 8},
+    {"lo_bits": 4, "num_warps": 8, "fused_lo_bits": 5, "fused_mid_bits": 7},
+    {"num_warps": 8, "programs_per_sm": 1},
+    {"programs_per_sm": 4, "fused_mid_bits": 9},
+]
+
+
 BACKENDS = [
     Backend(
         name="triton",
@@ -367,7 +380,7 @@ BACKENDS = [
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
         limits={"n_bits": (1, 32)},
         features=frozenset({"grad", "k_ranges"}),
-        configs={"default": {}},
+        configs={"default": {}, "autotune": {AUTOTUNE: TUNING}},
         unavailable=unavailable,
         priority=10,
         summary="Triton, one fused pass: 3-way meet-in-the-middle tables, r folded in, online softmax",

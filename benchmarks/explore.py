@@ -19,7 +19,7 @@ import statistics
 
 import torch
 
-from harness import registry
+from harness import autotune, registry
 from harness.problems import sick_bide
 from harness.problems.sick_bide_problem import make_inputs, work
 from harness.verify import parse_sizes
@@ -88,6 +88,8 @@ def main() -> None:
             rate = work(sizes) / (med * 1e-3)
             print(f"  {opts!s:60s} {med:9.4f} ms  [{min(ms):.4f}..{max(ms):.4f}]  {rate:.3e} triples/s",
                   flush=True)
+    for key, chosen in autotune.choices().items():   # what the autotune configs picked, per size
+        print(f"# autotune {key}: {chosen}")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from harness import registry, verify
+from harness import autotune, registry, verify
 from harness.errors import InputError, UnsupportedError
 
 
@@ -42,7 +42,10 @@ def list_backends(stream=sys.stdout) -> None:
                 for device in backend.devices:
                     reason = registry.unavailable_reason(backend, config, device)
                     status.append(f"{device}: {'available' if reason is None else reason}")
-                print(f"  {'':<12} config {config!r} {dict(options)}: {'; '.join(status)}", file=stream)
+                shown = dict(options)
+                if autotune.AUTOTUNE in shown:   # the candidate list is long: say how many
+                    shown[autotune.AUTOTUNE] = f"fastest of {len(shown[autotune.AUTOTUNE])} option sets, per size"
+                print(f"  {'':<12} config {config!r} {shown}: {'; '.join(status)}", file=stream)
 
 
 def main(

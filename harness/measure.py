@@ -48,8 +48,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(fn: Callable[[], Any], device: str | torch.device, *, warmup: int = 1, repeats: int = 5) -> Timing:
-    """Run fn `warmup` times, then time `repeats` calls one by one."""
+def time_call(fn: Callable[[], Any], device: str | torch.device, *, warmup: int = 1, repeats: int = 5,
+              number: int = 1) -> Timing:
+    """Run fn `warmup` times, then take `repeats` samples, each the mean of `number` back-to-back calls."""
     device = torch.device(device)
     for _ in range(warmup):
         fn()
@@ -59,15 +60,17 @@ def time_call(fn: Callable[[], Any], device: str | torch.device, *, warmup: int 
         for _ in range(repeats):
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(number):
+                fn()
             stop.record()
             stop.synchronize()
-            samples.append(start.elapsed_time(stop) / 1e3)
+            samples.append(start.elapsed_time(stop) / 1e3 / number)
         return Timing(tuple(samples), "cuda-events")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t0)
+        for _ in range(number):
+            fn()
+        samples.append((time.perf_counter() - t0) / number)
     return Timing(tuple(samples), "perf_counter")
 
 

@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 
+from harness import autotune
 from harness.errors import UnsupportedError
 
 BACKEND_GROUP = "fusedbench.backends"
@@ -238,6 +239,8 @@ def unavailable_reason(backend: Backend, config: str, device: str | torch.device
         return f"runs on {', '.join(backend.devices)}, not {device_type}"
     if device_type == "cuda" and (reason := cuda_reason()):
         return reason
+    if device_type != "cuda" and autotune.AUTOTUNE in backend.configs[config]:
+        return "autotuning times its candidates with CUDA events: CUDA only"
     return backend.unavailable(config)
 
 

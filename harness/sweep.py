@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from harness import measure, registry
+from harness import autotune, measure, registry
 from harness.errors import UnsupportedError
 
 # Settings of the named grids; each problem gives its own sizes per grid name (Problem.grids),
@@ -205,6 +205,8 @@ def run(
                     raise _Slow(f"slower than max_call_s = {plan['max_call_s']:g} s at less work in this sweep")
                 fn = problem.prepare(backend, config, inputs, mode)
                 fn()                                   # warm-up: compilation, caches, autotuning
+                if autotune.AUTOTUNE in backend.configs[config]:
+                    row["tuned"] = autotune.last_used()
                 warm = sample(fn, dev, flush)
                 if warm > plan.get("max_call_s", float("inf")):
                     too_slow[slow_key] = min(too_slow.get(slow_key, float("inf")), work)

@@ -105,7 +105,11 @@ def _best_table(ok: pd.DataFrame, all_rows: pd.DataFrame) -> str:
             rows.append((*keys, "none", float("nan"), marks))
             continue
         best = good.loc[good["time_s"].idxmin()]
-        rows.append((*keys, best["variant"], 1e3 * best["time_s"], marks))
+        name = best["variant"]
+        if isinstance(best.get("tuned"), dict):         # an autotuned config: say what it picked
+            picked = ", ".join(f"{k}={v}" for k, v in best["tuned"].items())
+            name += f" ({picked or 'default options'})"
+        rows.append((*keys, name, 1e3 * best["time_s"], marks))
     frame = pd.DataFrame(rows, columns=["mode", "dtype", "shape", "best", "ms", "cannot run"])
     return _table(frame)
 

@@ -110,3 +110,19 @@ def test_shards_cover_the_grid_once(tmp_path):
     parts = [sweep.run(**run, out_path=tmp_path / f"sweep-{i}.jsonl", shard=(i, 2)) for i in range(2)]
     assert sorted((r["n_bits"], r["mode"]) for part in parts for r in part) == sorted(every)
     assert len(load.sweep_rows(tmp_path)) == len(every)   # all.jsonl and the shards: the same cells, kept once
+
+
+def test_best_table_names_what_an_autotuned_config_picked():
+    import pandas as pd
+
+    from reports import html
+
+    cell = {"problem": "sick_bide", "shape": "n=24", "dtype": "float32", "mode": "forward", "device": "cuda"}
+    rows = pd.DataFrame([
+        {**cell, "variant": "triton", "status": "ok", "time_s": 2e-3, "tuned": None},
+        {**cell, "variant": "triton:autotune", "status": "ok", "time_s": 1e-3, "tuned": {"mid_bits": 9}},
+    ])
+    table = html._best_table(rows, rows)
+    assert "triton:autotune (mid_bits=9)" in table
+    rows["tuned"] = [None, {}]
+    assert "triton:autotune (default options)" in html._best_table(rows, rows)

@@ -36,13 +36,14 @@ dtype; a row with NaN or inf in W or r gets NaN in all its outputs and nowhere e
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-from harness import buffers, registry
+from harness import autotune, buffers, registry
 from harness.errors import InputError, UnsupportedError
 
 PROBLEM = "sick_bide"
@@ -66,8 +67,15 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def bits(codes: Tensor, n_bits: int, dtype: torch.dtype) -> Tensor:
     """codes [...] (integers) -> b [..., n_bits] with b_j = +1 if bit j of the code is set else -1."""
-    shifts = torch.arange(n_bits, device=codes.device, dtype=torch.int64)
-    return ((codes.long()[..., None] >> shifts) & 1).to(dtype) * 2 - 1
+    shifts, signs = _bit_tables(codes.device, n_bits, dtype)
+    return signs[(codes.long()[..., None] >> shifts) & 1]      # three kernels: this runs on every call
+
+
+@functools.lru_cache(maxsize=64)
+def _bit_tables(device: torch.device, n_bits: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """(shifts [n_bits] = 0, 1, ..., signs [2] = (-1, +1)) on `device`, made once."""
+    shifts = torch.arange(n_bits, device=device, dtype=torch.int64)
+    return shifts, torch.tensor([-1.0, 1.0], device=device, dtype=dtype)
 
 
 def z_table(W_part: Tensor) -> Tensor:
@@ -101,15 +109,15 @@ def merge_chunks(m: Tensor, s: Tensor, D: Tensor | None, out: PartialState) -> N
     """Merge per-chunk states m, s [B, C] and D [B, C, H, n] (or None) over C into `out`.
 
     For backends that split a row's codes into C chunks (to fill the GPU at small
-    batches): the same rescale-and-add as `merge`, as one reduction.
+    batches): the same rescale-and-add as `merge`, as one reduction, written into
+    `out` directly (small batches are launch-bound: each op here is a kernel).
     """
-    m_all = m.amax(1)
-    scale = torch.where(m == -math.inf, 0.0, torch.exp(m - m_all[:, None]))     # [B, C]
-    out.m.copy_(m_all)
-    out.s.copy_((s * scale).sum(1))
+    torch.amax(m, 1, out=out.m)
+    # exp(-inf - -inf) is NaN; an empty chunk (m = -inf, s = 0) must scale to 0 instead.
+    scale = torch.where(m == -math.inf, 0.0, torch.exp(m - out.m[:, None]))     # [B, C]
+    torch.sum(s * scale, 1, out=out.s)             # not a matmul: TF32 must not touch the sums
     if out.D is not None:
-        out.D.copy_((D * scale[:, :, None, None]).sum(1))
-
+        torch.sum(D * scale[:, :, None, None], 1, out=out.D)
 
 def empty_state(batch: int, hidden: int, n_bits: int, dtype: torch.dtype, device, *, want_grad: bool):
     """The identity of `merge` (m = -inf, s = 0, D = 0): the state of an empty range."""
@@ -188,20 +196,25 @@ def _check_grad_nll(grad_nll: Any, targets: Tensor, W: Tensor) -> None:
 
 
 def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> bool:
-    """One device sync: raise if a target is out of range; return whether W and r are all finite."""
+    """One device sync: raise if a target is out of range; return whether W and r are all finite.
+
+    A float64 sum is finite exactly when every summand is (finite float32 or half values cannot
+    overflow it); a float64 input that overflows it only sends the call down the per-row NaN
+    path (`_bad_rows`), which is exact. Four small kernels and one copy: this runs on every call.
+    """
     if W.numel() == 0:
         return True
-    flags = [torch.isfinite(W).all(), torch.isfinite(r).all()]
+    probes = [W.sum(dtype=torch.float64) + r.sum(dtype=torch.float64)]
     if targets is not None and targets.numel():
-        flags.extend(torch.aminmax(targets.long()))
-    values = [int(v) for v in torch.stack([f.long() for f in flags]).tolist()]
-    if len(values) == 4:
-        lo, hi = values[2:]
+        probes.extend(torch.aminmax(targets))
+    values = torch.stack([p.to(torch.float64) for p in probes]).tolist()   # codes < 2^32: exact in float64
+    if len(values) == 3:
+        lo, hi = int(values[1]), int(values[2])
         if lo < 0 or hi >= 1 << n_bits:
             bad = lo if lo < 0 else hi
             where = tuple(int(i) for i in (targets == bad).nonzero()[0].tolist())
             raise InputError(f"targets{list(where)} = {bad} is outside 0 <= targets < 2^n_bits = {1 << n_bits}")
-    return bool(values[0] and values[1])
+    return math.isfinite(values[0])
 
 def resolve(
     name: str, config: str, sizes: dict[str, int], dtype, device, needs: frozenset[str] = frozenset()
@@ -230,7 +243,13 @@ def _run_partial_state(backend, options, W, r, k_start, k_stop, want_grad) -> Pa
     )
     # Detached: kernels see plain tensors (torch.compile would otherwise guard on requires_grad).
     W, r = W.detach().contiguous(), r.detach().contiguous()
-    backend.kernels["partial_state"](W, r, k_start, k_stop, out, **options)
+    kernel = backend.kernels["partial_state"]
+    options, candidates = autotune.split(options)
+    if candidates is not None:
+        key = (backend.name, n_bits, hidden, autotune.bucket(batch), autotune.bucket(k_stop - k_start), W.dtype,
+               want_grad, str(W.device))
+        options = autotune.choose(key, candidates, lambda o: kernel(W, r, k_start, k_stop, out, **o), W.device)
+    kernel(W, r, k_start, k_stop, out, **options)
     return out
 
 
@@ -265,12 +284,12 @@ class _FusedNLL(torch.autograd.Function):
         state = state_fn(W, r, want_grad)
         acc = state.m.dtype
         W_acc, r_acc = W.to(acc), r.to(acc)
-        _, _, l_y = _target_terms(W_acc, r_acc, targets)
+        b_y, z_y, l_y = _target_terms(W_acc, r_acc, targets)
         bad = _bad_rows(W, r, all_finite)
         lse = _nan_rows(state.m + state.s.log(), bad)
         nll = _nan_rows(lse[:, None] - l_y, bad)
-        if want_grad:
-            ctx.save_for_backward(W_acc, r_acc, targets, state.s, state.D, bad)
+        if want_grad:   # the target terms are small ([B, S, n + H]): kept rather than recomputed
+            ctx.save_for_backward(W_acc, r_acc, b_y, z_y, state.s, state.D, bad)
         ctx.input_dtype = W.dtype
         return nll, lse
 
@@ -281,8 +300,8 @@ class _FusedNLL(torch.autograd.Function):
                 "sick_bide loss: double backward is not supported; the fused backends compute "
                 "first-order gradient sums only (use backend='reference' for higher orders)"
             )
-        W, r, targets, s, D, bad = ctx.saved_tensors
-        dW, dr = _gradients(W, r, targets, s, D, bad, grad_nll, grad_lse)
+        W, r, b_y, z_y, s, D, bad = ctx.saved_tensors
+        dW, dr = _gradients(W, r, b_y, z_y, s, D, bad, grad_nll, grad_lse)
         dtype = ctx.input_dtype
         return (
             dW.to(dtype) if ctx.needs_input_grad[0] else None,
@@ -291,12 +310,12 @@ class _FusedNLL(torch.autograd.Function):
         )
 
 
-def _gradients(W, r, targets, s, D, bad, grad_nll, grad_lse) -> tuple[Tensor, Tensor]:
-    """dW [B, H, n] and dr [B, H] in the accumulation dtype (formulas in the module docstring)."""
-    g = torch.zeros_like(targets, dtype=W.dtype) if grad_nll is None else grad_nll.to(W.dtype)
+def _gradients(W, r, b_y, z_y, s, D, bad, grad_nll, grad_lse) -> tuple[Tensor, Tensor]:
+    """dW [B, H, n] and dr [B, H] in the accumulation dtype (formulas in the module docstring),
+    from the target terms b_y [B, S, n] and z_y [B, S, H] of the forward."""
+    g = W.new_zeros(z_y.shape[:2]) if grad_nll is None else grad_nll.to(W.dtype)
     G = g.sum(1) if grad_lse is None else g.sum(1) + grad_lse.to(W.dtype)
     Dn = D / s[:, None, None]
-    b_y, z_y, _ = _target_terms(W, r, targets)
     g_on = g[:, :, None] * (z_y > 0)                                   # [B, S, H]
     target_dW = (g_on[..., None] * b_y[:, :, None, :]).sum(1)         # [B, H, n]
     dW = r[:, :, None] * (G[:, None, None] * Dn - target_dW)
@@ -364,6 +383,8 @@ def _loss(W, r, targets, validated, backend, config, options, codes=None, combin
         return nll + 0 * W.sum() + 0 * r.sum(), lse + 0 * W.sum()
     options = _options(chosen, config, options)
     if codes is None and combine is None and "loss" in chosen.kernels:
+        if autotune.AUTOTUNE in options:
+            raise UnsupportedError(f"backend {chosen.name!r}: autotuning is for partial_state kernels")
         bad = _bad_rows(W, r, all_finite)
         if want_grad and bad is not None:
             W, r = _NanRowsInGrad.apply(W, bad), _NanRowsInGrad.apply(r, bad)
