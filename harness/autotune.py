@@ -56,6 +56,7 @@ def choose(key: Hashable, candidates: list[dict[str, Any]], run: Callable[[dict[
     The first candidate (the backend's default) keeps the place unless beaten by MARGIN, so
     noise does not swap it for an equal.
     """
+    key = (key, repr(candidates))      # options overriding the config's change the candidates: retune
     if key not in _chosen:
         _chosen[key] = _fastest(candidates, run, device)
     _last["options"] = _chosen[key]
@@ -82,7 +83,7 @@ def _fastest(candidates: list[dict[str, Any]], run: Callable[[dict[str, Any]], A
 
 def choices() -> dict[Hashable, dict[str, Any]]:
     """What each key was tuned to in this process."""
-    return dict(_chosen)
+    return {key: options for (key, _), options in _chosen.items()}
 
 
 def last_used() -> dict[str, Any] | None:

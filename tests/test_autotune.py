@@ -52,6 +52,9 @@ def test_the_fastest_candidate_is_chosen_once_per_key(monkeypatch):
     assert timed[:3] == ["slow", "fast", "middle"]               # sized once each, then
     assert timed[3:] == ["slow", "fast", "middle"] * autotune.ROUNDS   # interleaved rounds
     assert autotune.choices() == {"key": {"name": "fast"}}
+    # Other candidates under the same key (a call overriding the config's options) are tuned anew.
+    other = [{"name": name, "extra": 1} for name in ("slow", "fast", "middle")]
+    assert autotune.choose("key", other, lambda o: o, cuda) == {"name": "fast", "extra": 1}
 
 
 def test_the_first_candidate_stays_unless_beaten_by_the_margin(monkeypatch):
