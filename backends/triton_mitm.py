@@ -318,7 +318,9 @@ def partial_state(
     n_lo = min(n_bits, lo_bits)
     n_mid = min(n_bits - n_lo, mid_bits)
     n_top = n_bits - n_lo - n_mid
-    # Blocks are the config's, whatever n: small n pads (masked), and one compile serves every shape.
+    # Blocks are the config's, clamped to the codes there are (down to 16): a tile of a small n is
+    # not mostly padding, and each (lo, mid) block pair is one compile shared by every larger n.
+    lo_bits, mid_bits = min(lo_bits, max(n_lo, 4)), min(mid_bits, max(n_mid, 4))
     block_lo, block_mid = 1 << lo_bits, 1 << mid_bits
 
     tile_bits = n_lo + n_mid
