@@ -10,7 +10,7 @@ so r relu(z) = s max(c P_lo, -c P_hi) + r P_hi and the gradient mask is the same
 
 `tiles` (backends/cupy_tiles.cu, the default): a tile is 8 block_lo lo x 128 mid codes for
 one top pattern; each of 128 threads owns a block_lo x 8 block of it (4 x 8 forward, 8 x 8
-with gradients), so a hidden unit costs a few 16-byte shared loads for 32 or 64 (max, fma)
+with gradients at n >= 13, where a tile's 128 mid codes are all real), so a hidden unit costs a few 16-byte shared loads for 32 or 64 (max, fma)
 pairs with as many independent accumulators. The gradient sums add a compare and two
 predicated adds per triple (the block's marginals over lo and mid codes), combined across
 threads by a fixed-order staged reduction: ~2.2 instructions per triple in the forward's
@@ -103,11 +103,13 @@ def partial_state(
     *,
     tiles: bool = True,
     block_lo: int = 4,
-    fused_block_lo: int = 8,
+    fused_block_lo: int | None = None,
     blocks_per_sm: int = 4,
     min_blocks: int = 6,
     fused_min_blocks: int = 3,
 ) -> None:
+    if fused_block_lo is None:   # 8 x 8 blocks pay once the 128 mid codes of a tile are all real (n >= 13)
+        fused_block_lo = 8 if W.shape[2] >= 13 else 4
     if tiles and {block_lo, fused_block_lo} - {4, 8}:
         raise ValueError(f"block_lo and fused_block_lo must be 4 or 8, got {block_lo} and {fused_block_lo}")
     import cupy
@@ -168,6 +170,7 @@ def _unavailable(config: str) -> str | None:
 TUNING = [
     {},
     {"block_lo": 8, "fused_block_lo": 4},
+    {"fused_block_lo": 8},
     {"blocks_per_sm": 8},
     {"blocks_per_sm": 2},
 ]

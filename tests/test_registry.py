@@ -107,4 +107,7 @@ def test_cupy_block_options_are_refused_before_any_gpu_work():
     W, r = torch.zeros(2, 3, 4), torch.zeros(2, 3)
     out = empty_state(2, 3, 4, torch.float32, "cpu", want_grad=False)
     with pytest.raises(ValueError, match="block_lo and fused_block_lo must be 4 or 8, got 5 and 8"):
+        cupy_mitm.partial_state(W, r, 0, 16, out, block_lo=5, fused_block_lo=8)
+    # Unset, fused_block_lo follows n: 4 below n = 13, where 8 x 8 blocks would hold padding.
+    with pytest.raises(ValueError, match="got 5 and 4"):
         cupy_mitm.partial_state(W, r, 0, 16, out, block_lo=5)
