@@ -302,7 +302,7 @@ def partial_state(
     out: PartialState,
     *,
     lo_bits: int = 5,
-    mid_bits: int = 8,
+    mid_bits: int = 9,
     num_warps: int = 4,
     fused_lo_bits: int = 4,
     fused_mid_bits: int = 8,
@@ -366,7 +366,7 @@ def partial_state(
 TUNING = [
     {},
     {"mid_bits": 7, "fused_mid_bits": 7},
-    {"mid_bits": 9, "fused_mid_bits": 9, "fused_num_warps": 8},
+    {"mid_bits": 8, "fused_mid_bits": 9, "fused_num_warps": 8},
     {"lo_bits": 4, "num_warps": 8, "fused_lo_bits": 5, "fused_mid_bits": 7},
     {"num_warps": 8, "programs_per_sm": 1},
     {"programs_per_sm": 4, "fused_mid_bits": 9},
