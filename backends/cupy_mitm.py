@@ -10,8 +10,9 @@ so r relu(z) = s max(c P_lo, -c P_hi) + r P_hi and the gradient mask is the same
 
 `tiles` (backends/cupy_tiles.cu, the default): a tile is 8 block_lo lo x 128 mid codes for
 one top pattern; each of 128 threads owns a block_lo x 8 block of it (4 x 8 forward, 8 x 8
-with gradients at n >= 13, where a tile's 128 mid codes are all real), so a hidden unit costs a few 16-byte shared loads for 32 or 64 (max, fma)
-pairs with as many independent accumulators. The gradient sums add a compare and two
+with gradients from n = 13, where a tile's 128 mid codes are all real), so a hidden unit
+costs a few 16-byte shared loads for 32 or 64 (max, fma) pairs with as many independent
+accumulators. The gradient sums add a compare and two
 predicated adds per triple (the block's marginals over lo and mid codes), combined across
 threads by a fixed-order staged reduction: ~2.2 instructions per triple in the forward's
 hidden loop, ~6.3 fused (SASS). Shared memory is dynamic, sized from H.
