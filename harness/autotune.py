@@ -15,6 +15,7 @@ an autotuned result is bitwise reproducible within a process, not across process
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
@@ -54,7 +55,8 @@ def choose(key: Hashable, candidates: list[dict[str, Any]], run: Callable[[dict[
     Each candidate runs once untimed (compiling it), once timed to size its samples, then
     ROUNDS samples of about SAMPLE_S each, interleaved with the others'; the median decides.
     The first candidate (the backend's default) keeps the place unless beaten by MARGIN, so
-    noise does not swap it for an equal.
+    noise does not swap it for an equal; another candidate that raises drops out, the first
+    raising is the call's error.
     """
     key = (key, repr(candidates))      # options overriding the config's change the candidates: retune
     if key not in _chosen:
@@ -68,12 +70,18 @@ def _fastest(candidates: list[dict[str, Any]], run: Callable[[dict[str, Any]], A
     if device.type != "cuda" or len(candidates) == 1:
         return candidates[0]
     calls = [lambda c=c: run(c) for c in candidates]
-    first = [measure.time_call(call, device, warmup=1, repeats=1).median for call in calls]
+    first = [measure.time_call(calls[0], device, warmup=1, repeats=1).median]   # the default must run
+    for call in calls[1:]:
+        try:    # a candidate this size cannot run (too many resources, say) drops out, as in triton.autotune
+            first.append(measure.time_call(call, device, warmup=1, repeats=1).median)
+        except Exception:   # out of memory, a launch refused: it only disqualifies this candidate
+            first.append(math.inf)
     numbers = [max(1, min(100, round(SAMPLE_S / max(t, 1e-6)))) for t in first]
-    samples: list[list[float]] = [[] for _ in candidates]
+    samples: list[list[float]] = [[] if t < math.inf else [math.inf] for t in first]
     for _ in range(ROUNDS):
         for i, call in enumerate(calls):
-            samples[i].extend(measure.time_call(call, device, warmup=0, repeats=1, number=numbers[i]).samples)
+            if first[i] < math.inf:
+                samples[i].extend(measure.time_call(call, device, warmup=0, repeats=1, number=numbers[i]).samples)
     medians = [statistics.median(s) for s in samples]
     best = min(range(len(candidates)), key=medians.__getitem__)
     if medians[best] > (1 - MARGIN) * medians[0]:

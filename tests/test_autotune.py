@@ -65,6 +65,21 @@ def test_the_first_candidate_stays_unless_beaten_by_the_margin(monkeypatch):
     assert autotune.choose("b", [{"name": "default"}, {"name": "better"}], lambda o: o, cuda) == {"name": "better"}
 
 
+def test_a_candidate_that_fails_drops_out_but_a_failing_default_raises(monkeypatch):
+    fake_timer(monkeypatch, {"default": 2e-3, "fast": 1e-3, "broken": 0.5e-3})
+
+    def run(options):
+        if options["name"] == "broken":
+            raise RuntimeError("out of resources")
+        return options
+
+    cuda = torch.device("cuda")
+    three = [{"name": "default"}, {"name": "broken"}, {"name": "fast"}]
+    assert autotune.choose("k1", three, run, cuda) == {"name": "fast"}
+    with pytest.raises(RuntimeError, match="out of resources"):
+        autotune.choose("k2", [{"name": "broken"}, {"name": "fast"}], run, cuda)
+
+
 def test_off_cuda_the_first_candidate_runs_untimed():
     ran = []
     chosen = autotune.choose("cpu-key", [{"x": 1}, {"x": 2}], lambda o: ran.append(o), torch.device("cpu"))
