@@ -305,9 +305,9 @@ def partial_state(
     mid_bits: int = 9,
     num_warps: int = 4,
     fused_lo_bits: int = 4,
-    fused_mid_bits: int = 9,
+    fused_mid_bits: int = 8,
     fused_num_warps: int = 4,
-    programs_per_sm: int = 4,
+    programs_per_sm: int = 2,
     maxnreg: int = 0,
     fused_maxnreg: int = 0,
 ) -> None:
@@ -369,7 +369,7 @@ TUNING = [
     {"mid_bits": 8, "fused_mid_bits": 9, "fused_num_warps": 8},
     {"lo_bits": 4, "num_warps": 8, "fused_lo_bits": 5, "fused_mid_bits": 7},
     {"num_warps": 8, "programs_per_sm": 1},
-    {"programs_per_sm": 2, "fused_mid_bits": 8},
+    {"programs_per_sm": 4, "fused_mid_bits": 9},
 ]
 
 
