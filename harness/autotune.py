@@ -55,8 +55,8 @@ def choose(key: Hashable, candidates: list[dict[str, Any]], run: Callable[[dict[
     Each candidate runs once untimed (compiling it), once timed to size its samples, then
     ROUNDS samples of about SAMPLE_S each, interleaved with the others'; the median decides.
     The first candidate (the backend's default) keeps the place unless beaten by MARGIN, so
-    noise does not swap it for an equal; another candidate that raises drops out, the first
-    raising is the call's error.
+    noise does not swap it for an equal. Another candidate that raises on its first runs drops
+    out (the default's error is the call's); one that raises later, while timed, propagates.
     """
     key = (key, repr(candidates))      # options overriding the config's change the candidates: retune
     if key not in _chosen:
@@ -90,10 +90,12 @@ def _fastest(candidates: list[dict[str, Any]], run: Callable[[dict[str, Any]], A
 
 
 def choices() -> dict[Hashable, dict[str, Any]]:
-    """What each key was tuned to in this process."""
+    """What each key was tuned to in this process (for a key tuned with several candidate
+    lists, as when a call overrides the config's options, the latest)."""
     return {key: options for (key, _), options in _chosen.items()}
 
 
-def last_used() -> dict[str, Any] | None:
-    """The options the latest autotuned call ran (the sweep stores them with its row)."""
-    return _last.get("options")
+def pop_last() -> dict[str, Any] | None:
+    """The options the latest autotuned call ran since the last pop, or None (the sweep stores
+    them with its row; it pops before the call too, so a call that tunes nothing stores None)."""
+    return _last.pop("options", None)

@@ -204,9 +204,10 @@ def run(
                 if work >= too_slow.get(slow_key, float("inf")):
                     raise _Slow(f"slower than max_call_s = {plan['max_call_s']:g} s at less work in this sweep")
                 fn = problem.prepare(backend, config, inputs, mode)
+                autotune.pop_last()
                 fn()                                   # warm-up: compilation, caches, autotuning
                 if autotune.AUTOTUNE in backend.configs[config]:
-                    row["tuned"] = autotune.last_used()
+                    row["tuned"] = autotune.pop_last()
                 warm = sample(fn, dev, flush)
                 if warm > plan.get("max_call_s", float("inf")):
                     too_slow[slow_key] = min(too_slow.get(slow_key, float("inf")), work)

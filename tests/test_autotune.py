@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import Backend, UnsupportedError, autotune, measure, registry
+from harness import Backend, UnsupportedError, autotune, buffers, measure, registry
 from harness.problems import sick_bide
 from harness.problems.sick_bide import PartialState
 
@@ -13,6 +13,7 @@ from harness.problems.sick_bide import PartialState
 @pytest.fixture(autouse=True)
 def fresh_choices(monkeypatch):
     monkeypatch.setattr(autotune, "_chosen", {})
+    monkeypatch.setattr(autotune, "_last", {})
 
 
 def test_split_merges_candidates_over_the_base_options():
@@ -109,3 +110,26 @@ def test_partial_state_runs_the_tuned_options_without_the_candidate_list(monkeyp
     torch.testing.assert_close(tuned.s, plain.s)
     (key,) = autotune.choices()
     assert key[:3] == ("spy", 5, 4) and autotune.choices()[key] == {"block": 1}
+
+
+def test_tuning_runs_do_not_fill_the_returned_state(monkeypatch):
+    """Candidates write into a state of their own, so the poison of `out` still exposes an
+    element the chosen kernel never writes."""
+
+    def kernel(W, r, k_start, k_stop, out: PartialState, *, write_s):
+        out.m.fill_(0.0)
+        if write_s:
+            out.s.fill_(1.0)
+
+    def every_candidate_runs(key, candidates, run, device):
+        for candidate in candidates:
+            run(candidate)
+        return candidates[-1]
+
+    monkeypatch.setattr(autotune, "choose", every_candidate_runs)
+    spy = Backend(name="spy", problem="sick_bide", kernels={"partial_state": kernel})
+    W, r = torch.randn(3, 4, 5), torch.randn(3, 4)
+    options = {autotune.AUTOTUNE: [{"write_s": True}, {"write_s": False}]}
+    with buffers.poisoned():
+        state = sick_bide._run_partial_state(spy, options, W, r, 0, 32, want_grad=False)
+    assert bool(state.s.isnan().all()) and bool((state.m == 0).all())

@@ -71,6 +71,11 @@ BAD_INPUTS = [
      r"targets\[1\] = -2 is outside 0 <= targets < 2\^n_bits = 32"),
     ("targets too large", torch.randn(3, 4, 5), torch.randn(3, 4), torch.tensor([[0, 1], [2, 32], [3, 4]]),
      InputError, r"targets\[1, 1\] = 32 is outside 0 <= targets < 2\^n_bits = 32"),
+    # Past 2^53 the one-sync range check reads rounded values; the message still names the exact one.
+    ("targets huge", torch.randn(3, 4, 5), torch.randn(3, 4), torch.tensor([1, 2**53 + 1, 2]), InputError,
+     rf"targets\[1\] = {2**53 + 1} is outside 0 <= targets < 2\^n_bits = 32"),
+    ("targets most negative", torch.randn(3, 4, 5), torch.randn(3, 4), torch.tensor([1, -(2**63), 2]), InputError,
+     rf"targets\[1\] = {-(2**63)} is outside"),
 ]
 
 
@@ -158,3 +163,12 @@ def test_auto_without_any_runnable_backend_lists_the_reasons(spy, monkeypatch):
     W, r, targets = good(n_bits=9)
     with pytest.raises(UnsupportedError, match="backend='auto' found no backend for these inputs:\n  spy: n_bits=9"):
         sick_bide.loss(W, r, targets)
+
+
+def test_unsigned_targets_are_accepted():
+    W, r, targets = good()
+    nll, _ = sick_bide.loss(W, r, targets.to(torch.uint8), backend="chunked")
+    ref, _ = sick_bide.loss(W, r, targets, backend="chunked")
+    torch.testing.assert_close(nll, ref)
+    with pytest.raises(InputError, match=r"targets\[0\] = 200 is outside"):
+        sick_bide.loss(W, r, torch.tensor([200, 1, 2], dtype=torch.uint8), backend="chunked")

@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
+from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from harness import autotune, buffers, registry
 from harness.errors import InputError, UnsupportedError
@@ -67,8 +68,11 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def bits(codes: Tensor, n_bits: int, dtype: torch.dtype) -> Tensor:
     """codes [...] (integers) -> b [..., n_bits] with b_j = +1 if bit j of the code is set else -1."""
-    shifts, signs = _bit_tables(codes.device, n_bits, dtype)
-    return signs[(codes.long()[..., None] >> shifts) & 1]      # three kernels: this runs on every call
+    if type(codes) is torch.Tensor and _get_current_dispatch_mode() is None and not torch.compiler.is_compiling():
+        shifts, signs = _bit_tables(codes.device, n_bits, dtype)   # cached: three kernels on every call
+    else:   # fake tensors or tracing: tables made here must not outlive the trace
+        shifts, signs = _bit_tables.__wrapped__(codes.device, n_bits, dtype)
+    return signs[(codes.long()[..., None] >> shifts) & 1]
 
 
 @functools.lru_cache(maxsize=64)
@@ -206,14 +210,15 @@ def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> bool:
         return True
     probes = [W.sum(dtype=torch.float64) + r.sum(dtype=torch.float64)]
     if targets is not None and targets.numel():
-        probes.extend(torch.aminmax(targets))
-    values = torch.stack([p.to(torch.float64) for p in probes]).tolist()   # codes < 2^32: exact in float64
-    if len(values) == 3:
-        lo, hi = int(values[1]), int(values[2])
-        if lo < 0 or hi >= 1 << n_bits:
-            bad = lo if lo < 0 else hi
-            where = tuple(int(i) for i in (targets == bad).nonzero()[0].tolist())
-            raise InputError(f"targets{list(where)} = {bad} is outside 0 <= targets < 2^n_bits = {1 << n_bits}")
+        probes.extend(torch.aminmax(targets.long()))     # long: aminmax has no unsigned kernels
+    values = torch.stack([p.to(torch.float64) for p in probes]).tolist()
+    # float64 keeps the sign and any value >= 2^32 out of range, so the test is exact; a bad
+    # value itself may have rounded, so the message reads it again, exactly.
+    if len(values) == 3 and (values[1] < 0 or values[2] >= 1 << n_bits):
+        lo, hi = (int(v) for v in torch.aminmax(targets.long()))
+        bad = lo if lo < 0 else hi
+        where = tuple(int(i) for i in (targets.long() == bad).nonzero()[0].tolist())
+        raise InputError(f"targets{list(where)} = {bad} is outside 0 <= targets < 2^n_bits = {1 << n_bits}")
     return math.isfinite(values[0])
 
 def resolve(
@@ -248,7 +253,10 @@ def _run_partial_state(backend, options, W, r, k_start, k_stop, want_grad) -> Pa
     if candidates is not None:
         key = (backend.name, n_bits, hidden, autotune.bucket(batch), autotune.bucket(k_stop - k_start), W.dtype,
                want_grad, str(W.device))
-        options = autotune.choose(key, candidates, lambda o: kernel(W, r, k_start, k_stop, out, **o), W.device)
+        # Candidates are timed into a state of their own: `out` stays as allocated (poisoned under
+        # test), so an element the chosen kernel does not write still fails the checks.
+        trial = PartialState(*(None if t is None else torch.empty_like(t) for t in out))
+        options = autotune.choose(key, candidates, lambda o: kernel(W, r, k_start, k_stop, trial, **o), W.device)
     kernel(W, r, k_start, k_stop, out, **options)
     return out
 
