@@ -53,7 +53,6 @@ from harness.triton_helpers import DEVICES, INTERPRET, jit, tl, unavailable
 LOG2E = 1.4426950408889634
 
 
-
 # Sizes vary call to call; specialising on them (value 1, multiples of 16) would recompile per shape.
 _RUNTIME_INTS = ["H", "n_bits", "n_lo", "n_mid", "n_top", "k_start", "k_stop", "first_tile", "last_tile", "chunks",
                  "tiles_per_chunk", "n_items"]
@@ -358,7 +357,6 @@ def partial_state(
                             N_TOP=32)
     if not direct:
         merge_chunks(m_ws, s_ws, d_ws, out)
-
 
 
 # The `autotune` config's candidates (harness/autotune.py times them per size): the default first,

@@ -39,13 +39,18 @@ def run(variant, inputs, mode="backward"):
         return PROBLEM.prepare(backend, config, inputs, mode)()
 
 
-def judge(variant, case: Case, inputs, outputs):
+# What each call mode returns: the forward-only call has no gradients to judge.
+OUTPUTS = {"backward": ("nll", "lse", "dW", "dr"), "forward": ("nll", "lse")}
+
+
+def judge(variant, case: Case, inputs, outputs, mode="backward"):
     """Hold outputs to the tolerance policy against the float64 oracle; raise naming the case.
 
     Returns (checks, slack): what an output may deviate from the truth.
     """
     oracle, reference, slack = verify.ground_truth(PROBLEM, inputs, case.torch_dtype)
-    name = f"{registry.variant_name(*variant[:2])} on {variant[2]}"
+    oracle = {name: oracle[name] for name in OUTPUTS[mode]}
+    name = f"{registry.variant_name(*variant[:2])} {mode} on {variant[2]}"
     checks = tolerance.assert_within(outputs, oracle, reference, case.torch_dtype, f"{name}, {case}", slack)
     return checks, slack or {}
 
@@ -86,37 +91,20 @@ def pinned(test):
     return test
 
 
+@pytest.mark.parametrize("mode", OUTPUTS)
 @given(case=cases(dtype_names=ALL_DTYPES))
 @pinned
-def test_matches_float64_oracle(sick_bide_variant, case):
-    """nll, lse, dW, dr within the tolerance policy of the float64 oracle; refusals are declared."""
+def test_matches_float64_oracle(sick_bide_variant, mode, case):
+    """nll, lse (and dW, dr with backward) within the tolerance policy of the float64 oracle; the
+    forward-only call is its own path (other kernels in the fused backends); refusals are declared."""
     backend, config, device = sick_bide_variant
     note(f"case: {case}")
     inputs = case.tensors(device)
     if refusal(backend, config, case, device) is not None:
         with pytest.raises(UnsupportedError):
-            run(sick_bide_variant, inputs)
+            run(sick_bide_variant, inputs, mode)
         return
-    judge(sick_bide_variant, case, inputs, run(sick_bide_variant, inputs))
-
-
-@given(case=cases(dtype_names=ALL_DTYPES))
-@pinned
-def test_forward_only_matches_float64_oracle(sick_bide_variant, case):
-    """The forward-only call (no gradient sums: its own kernels in the fused backends) holds nll and
-    lse to the same policy as the gradient path."""
-    backend, config, device = sick_bide_variant
-    note(f"case: {case}")
-    inputs = case.tensors(device)
-    if refusal(backend, config, case, device) is not None:
-        with pytest.raises(UnsupportedError):
-            run(sick_bide_variant, inputs, mode="forward")
-        return
-    outputs = run(sick_bide_variant, inputs, mode="forward")
-    oracle, reference, slack = verify.ground_truth(PROBLEM, inputs, case.torch_dtype)
-    keep = {name: oracle[name] for name in outputs}
-    name = f"{registry.variant_name(*sick_bide_variant[:2])} forward on {device}"
-    tolerance.assert_within(outputs, keep, reference, case.torch_dtype, f"{name}, {case}", slack)
+    judge(sick_bide_variant, case, inputs, run(sick_bide_variant, inputs, mode), mode)
 
 
 def draw_case(data, variant, **kwargs) -> Case:

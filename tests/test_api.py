@@ -144,13 +144,3 @@ def test_auto_picks_a_runnable_backend():
                 if registry.unavailable_reason(b, "default", "cpu") is None), key=lambda b: b.priority)
     assert best.name != "reference"
 
-
-def test_bits_made_under_fake_tensors_leave_the_cache_real():
-    """bits() caches its shift and sign tables; tracing (fake tensors) must not fill that cache."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
-
-    with FakeTensorMode():
-        sick_bide.bits(torch.arange(4), 3, torch.float64)
-    real = sick_bide.bits(torch.arange(4), 3, torch.float64)
-    assert type(real) is torch.Tensor
-    assert real.tolist() == [[-1, -1, -1], [1, -1, -1], [-1, 1, -1], [1, 1, -1]]

@@ -133,3 +133,16 @@ def test_tuning_runs_do_not_fill_the_returned_state(monkeypatch):
     with buffers.poisoned():
         state = sick_bide._run_partial_state(spy, options, W, r, 0, 32, want_grad=False)
     assert bool(state.s.isnan().all()) and bool((state.m == 0).all())
+
+
+def test_a_loss_kernel_backend_cannot_autotune(monkeypatch):
+    def loss(W, r, targets, **options):
+        raise AssertionError("the kernel ran despite the refusal")
+
+    spy = Backend(name="spy", problem="sick_bide", kernels={"loss": loss},
+                  configs={"default": {}, "autotune": {autotune.AUTOTUNE: [{}]}})
+    monkeypatch.setitem(registry._BACKENDS, ("sick_bide", "spy"), spy)
+    monkeypatch.setattr(registry, "unavailable_reason", lambda *args: None)   # as if on CUDA
+    W, r = torch.randn(3, 4, 5), torch.randn(3, 4)
+    with pytest.raises(UnsupportedError, match="backend 'spy': autotuning is for partial_state kernels"):
+        sick_bide.loss(W, r, torch.zeros(3, dtype=torch.long), backend="spy", config="autotune")

@@ -42,7 +42,6 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
-from torch.utils._python_dispatch import _get_current_dispatch_mode
 
 from harness import autotune, buffers, registry
 from harness.errors import InputError, UnsupportedError
@@ -68,18 +67,8 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def bits(codes: Tensor, n_bits: int, dtype: torch.dtype) -> Tensor:
     """codes [...] (integers) -> b [..., n_bits] with b_j = +1 if bit j of the code is set else -1."""
-    if type(codes) is torch.Tensor and _get_current_dispatch_mode() is None and not torch.compiler.is_compiling():
-        shifts, signs = _bit_tables(codes.device, n_bits, dtype)   # cached: three kernels on every call
-    else:   # fake tensors or tracing: tables made here must not outlive the trace
-        shifts, signs = _bit_tables.__wrapped__(codes.device, n_bits, dtype)
-    return signs[(codes.long()[..., None] >> shifts) & 1]
-
-
-@functools.lru_cache(maxsize=64)
-def _bit_tables(device: torch.device, n_bits: int, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-    """(shifts [n_bits] = 0, 1, ..., signs [2] = (-1, +1)) on `device`, made once."""
-    shifts = torch.arange(n_bits, device=device, dtype=torch.int64)
-    return shifts, torch.tensor([-1.0, 1.0], device=device, dtype=dtype)
+    shifts = torch.arange(n_bits, device=codes.device, dtype=torch.int64)
+    return ((codes.long()[..., None] >> shifts) & 1).to(dtype) * 2 - 1
 
 
 def z_table(W_part: Tensor) -> Tensor:
@@ -122,6 +111,7 @@ def merge_chunks(m: Tensor, s: Tensor, D: Tensor | None, out: PartialState) -> N
     torch.sum(s * scale, 1, out=out.s)             # not a matmul: TF32 must not touch the sums
     if out.D is not None:
         torch.sum(D * scale[:, :, None, None], 1, out=out.D)
+
 
 def empty_state(batch: int, hidden: int, n_bits: int, dtype: torch.dtype, device, *, want_grad: bool):
     """The identity of `merge` (m = -inf, s = 0, D = 0): the state of an empty range."""
@@ -221,6 +211,7 @@ def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> bool:
         raise InputError(f"targets{list(where)} = {bad} is outside 0 <= targets < 2^n_bits = {1 << n_bits}")
     return math.isfinite(values[0])
 
+
 def resolve(
     name: str, config: str, sizes: dict[str, int], dtype, device, needs: frozenset[str] = frozenset()
 ) -> registry.Backend:
@@ -253,10 +244,11 @@ def _run_partial_state(backend, options, W, r, k_start, k_stop, want_grad) -> Pa
     if candidates is not None:
         key = (backend.name, n_bits, hidden, autotune.bucket(batch), autotune.bucket(k_stop - k_start), W.dtype,
                want_grad, str(W.device))
-        # Candidates are timed into a state of their own: `out` stays as allocated (poisoned under
-        # test), so an element the chosen kernel does not write still fails the checks.
-        trial = PartialState(*(None if t is None else torch.empty_like(t) for t in out))
-        options = autotune.choose(key, candidates, lambda o: kernel(W, r, k_start, k_stop, trial, **o), W.device)
+        # Candidates are timed into a state of their own, made only if this key is tuned now: `out`
+        # stays as allocated (poisoned under test), so an element the chosen kernel does not write
+        # still fails the checks.
+        trial = functools.cache(lambda: PartialState(*(None if t is None else torch.empty_like(t) for t in out)))
+        options = autotune.choose(key, candidates, lambda o: kernel(W, r, k_start, k_stop, trial(), **o), W.device)
     kernel(W, r, k_start, k_stop, out, **options)
     return out
 
