@@ -45,6 +45,7 @@ from torch import Tensor
 
 from harness import autotune, buffers, registry
 from harness.errors import InputError, UnsupportedError
+from harness.problems import sick_bide_kernels as kernels
 
 PROBLEM = "sick_bide"
 N_BITS_MAX = 32
@@ -103,8 +104,11 @@ def merge_chunks(m: Tensor, s: Tensor, D: Tensor | None, out: PartialState) -> N
 
     For backends that split a row's codes into C chunks (to fill the GPU at small
     batches): the same rescale-and-add as `merge`, as one reduction, written into
-    `out` directly (small batches are launch-bound: each op here is a kernel).
+    `out` directly (small batches are launch-bound: on CUDA this is one Triton launch).
     """
+    if kernels.usable(m):
+        kernels.merge_chunks(m, s, D, out)
+        return
     torch.amax(m, 1, out=out.m)
     # exp(-inf - -inf) is NaN; an empty chunk (m = -inf, s = 0) must scale to 0 instead.
     scale = torch.where(m == -math.inf, 0.0, torch.exp(m - out.m[:, None]))     # [B, C]
@@ -192,24 +196,29 @@ def _check_grad_nll(grad_nll: Any, targets: Tensor, W: Tensor) -> None:
 def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> bool:
     """One device sync: raise if a target is out of range; return whether W and r are all finite.
 
-    A float64 sum is finite exactly when every summand is (finite float32 or half values cannot
-    overflow it); a float64 input that overflows it only sends the call down the per-row NaN
-    path (`_bad_rows`), which is exact. Four small kernels and one copy: this runs on every call.
+    On CUDA one probe kernel (sick_bide_kernels.probe). Elsewhere a float64 sum, finite exactly
+    when every summand is (finite float32 or half values cannot overflow it; a float64 input
+    that overflows it only sends the call down the per-row NaN path, `_bad_rows`, which is
+    exact), and the targets' aminmax: four small kernels and one copy.
     """
     if W.numel() == 0:
         return True
-    probes = [W.sum(dtype=torch.float64) + r.sum(dtype=torch.float64)]
-    if targets is not None and targets.numel():
-        probes.extend(torch.aminmax(targets.long()))     # long: aminmax has no unsigned kernels
-    values = torch.stack([p.to(torch.float64) for p in probes]).tolist()
-    # float64 keeps the sign and any value >= 2^32 out of range, so the test is exact; a bad
-    # value itself may have rounded, so the message reads it again, exactly.
-    if len(values) == 3 and (values[1] < 0 or values[2] >= 1 << n_bits):
-        lo, hi = (int(v) for v in torch.aminmax(targets.long()))
+    has_targets = targets is not None and targets.numel() > 0
+    if kernels.usable(W):
+        lo, hi, all_finite = kernels.probe(W, r, targets.long() if has_targets else None)
+    else:
+        probes = [W.sum(dtype=torch.float64) + r.sum(dtype=torch.float64)]
+        if has_targets:
+            probes.extend(torch.aminmax(targets.long()))     # long: aminmax has no unsigned kernels
+        values = torch.stack([p.to(torch.float64) for p in probes]).tolist()
+        # float64 keeps the sign and any value >= 2^32 out of range, so the test is exact.
+        all_finite, (lo, hi) = math.isfinite(values[0]), values[1:] if has_targets else (0, 0)
+    if has_targets and (lo < 0 or hi >= 1 << n_bits):
+        lo, hi = (int(v) for v in torch.aminmax(targets.long()))     # exactly (a float64 may have rounded)
         bad = lo if lo < 0 else hi
         where = tuple(int(i) for i in (targets.long() == bad).nonzero()[0].tolist())
         raise InputError(f"targets{list(where)} = {bad} is outside 0 <= targets < 2^n_bits = {1 << n_bits}")
-    return math.isfinite(values[0])
+    return all_finite
 
 
 def resolve(
@@ -282,6 +291,12 @@ class _FusedNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, W, r, targets, state_fn, want_grad, all_finite):
         state = state_fn(W, r, want_grad)
+        ctx.input_dtype, ctx.launches = W.dtype, kernels.usable(W)
+        if ctx.launches:   # one launch on CUDA (sick_bide_kernels), the same math as below
+            nll, lse = kernels.target_terms(W, r, targets, state.m, state.s)
+            if want_grad:
+                ctx.save_for_backward(W, r, targets, state.s, state.D)
+            return nll, lse
         acc = state.m.dtype
         W_acc, r_acc = W.to(acc), r.to(acc)
         b_y, z_y, l_y = _target_terms(W_acc, r_acc, targets)
@@ -290,7 +305,6 @@ class _FusedNLL(torch.autograd.Function):
         nll = _nan_rows(lse[:, None] - l_y, bad)
         if want_grad:   # the target terms are small ([B, S, n + H]): kept rather than recomputed
             ctx.save_for_backward(W_acc, r_acc, b_y, z_y, state.s, state.D, bad)
-        ctx.input_dtype = W.dtype
         return nll, lse
 
     @staticmethod
@@ -300,8 +314,10 @@ class _FusedNLL(torch.autograd.Function):
                 "sick_bide loss: double backward is not supported; the fused backends compute "
                 "first-order gradient sums only (use backend='reference' for higher orders)"
             )
-        W, r, b_y, z_y, s, D, bad = ctx.saved_tensors
-        dW, dr = _gradients(W, r, b_y, z_y, s, D, bad, grad_nll, grad_lse)
+        if ctx.launches:
+            dW, dr = kernels.gradients(*ctx.saved_tensors, grad_nll, grad_lse)
+        else:
+            dW, dr = _gradients(*ctx.saved_tensors, grad_nll, grad_lse)
         dtype = ctx.input_dtype
         return (
             dW.to(dtype) if ctx.needs_input_grad[0] else None,
