@@ -19,7 +19,8 @@ codes [k_start, k_stop), per row:
 States merge associatively (rescale both by exp(m_x - max(m_a, m_b)) and add),
 so one kernel interface serves whole-range calls, chunked walks and sharding k
 across devices. Everything else is the harness's, here: validation, the
-target terms, the autograd Function, dtype bookkeeping. With p_k = exp(l_k - lse),
+target terms, the autograd Function, dtype bookkeeping. On CUDA those steps run
+as one Triton launch each (sick_bide_kernels.py, held to the torch code here). With p_k = exp(l_k - lse),
 Dn = D / s = sum_k p_k 1[z_kh > 0] b_kj, g the upstream gradient of nll and
 G = sum_s g_s + (upstream gradient of lse):
 
