@@ -46,6 +46,21 @@ def test_one_dimensional_targets_give_one_dimensional_nll(sick_bide_variant):
     torch.testing.assert_close(nll_1d, nll_2d[:, 0], rtol=0, atol=0)
 
 
+def test_rows_without_targets_give_lse_and_its_gradient(sick_bide_variant):
+    """targets [B, 0]: nll is [B, 0]; lse and its gradient are those of any other targets."""
+    W, r, targets = inputs(sick_bide_variant[2])
+    results = []
+    for cols in (targets[:, :0], targets[:, :1]):
+        W_, r_ = W.clone().requires_grad_(), r.clone().requires_grad_()
+        nll, lse = call(sick_bide_variant, W_, r_, cols)
+        lse.sum().backward()
+        results.append((nll, lse.detach(), W_.grad, r_.grad))
+    (nll0, *rest0), (nll1, *rest1) = results
+    assert nll0.shape == (4, 0) and nll1.shape == (4, 1)
+    for a, b in zip(rest0, rest1, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_non_contiguous_inputs_match_contiguous(sick_bide_variant):
     W, r, targets = inputs(sick_bide_variant[2])
     W_strided = W.transpose(1, 2).contiguous().transpose(1, 2)       # same values, other strides

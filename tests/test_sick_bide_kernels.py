@@ -25,8 +25,9 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not INTERPRET:
     pytestmark = pytest.mark.skip(reason="no CUDA device and TRITON_INTERPRET is not set")
 
-# (batch, hidden, n_bits, targets per row): odd sizes, one-element dims, n = 32, more targets than a block.
-SHAPES = [(3, 5, 7, 1), (2, 1, 1, 3), (4, 33, 32, 2), (5, 32, 16, 19)]
+# (batch, hidden, n_bits, targets per row): odd sizes, one-element dims, n = 32, more targets than a block,
+# rows without targets.
+SHAPES = [(3, 5, 7, 1), (2, 1, 1, 3), (4, 33, 32, 2), (5, 32, 16, 19), (3, 4, 5, 0)]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
 
 
@@ -42,7 +43,7 @@ def _inputs(shape, dtype, seed, bad_rows=()):
         W[row, hidden // 2, n_bits // 2] = value
     # A transposed view: the kernels read targets through their strides.
     targets = torch.randint(0, 1 << n_bits, (per_row, batch), generator=gen, dtype=torch.int64).t()
-    targets[0, 0] = 1
+    targets[:1, :1] = 1
     return W.to(DEVICE), r.to(DEVICE), targets.to(DEVICE)
 
 
@@ -95,7 +96,8 @@ def test_target_terms_and_gradients_match_the_torch_code(shape, dtype):
                          (grad_nll[:, :1].expand(batch, per_row), None)]:     # stride 0, as autograd hands a sum's
         oracle = torch_code(W.double(), r.double(), *state64, g_nll, g_lse)
         same = torch_code(W, r, m, s, D, g_nll, g_lse)
-        nll, lse = kernels.target_terms(W, r, targets, m, s)
+        nll, lse, kept = kernels.target_terms(W, r, targets, m, s, keep_targets=True)
+        assert torch.equal(kept.cpu(), targets.cpu()) and kept.is_contiguous()
         dW, dr = kernels.gradients(W, r, targets, s, D, g_nll, g_lse)
         assert nll.dtype == lse.dtype == m.dtype and dW.dtype == dr.dtype == W.dtype
         for name, got, ref, exact in zip(("nll", "lse", "dW", "dr"), (nll, lse, dW, dr), same, oracle, strict=True):
@@ -107,10 +109,12 @@ def test_target_terms_and_gradients_match_the_torch_code(shape, dtype):
 @pytest.mark.parametrize("chunks", [1, 3, 70])
 def test_merge_chunks_matches_the_torch_code(chunks, dtype, with_D):
     gen = torch.Generator().manual_seed(chunks)
-    batch, hidden, n_bits = 3, 5, 6
+    batch, hidden, n_bits = 3, 33 if chunks == 70 else 5, 6       # 70 chunks: D in two blocks per row
     m = (5 * torch.randn(batch, chunks, generator=gen)).to(dtype)
     m[0, 0] = -math.inf                       # an empty chunk
     m[2, :] = -math.inf                       # a row of empty chunks: m = -inf, s = 0
+    if chunks > 1:
+        m[1, 1] = math.nan                    # a NaN chunk: the row's merged state is NaN, as torch's
     s = torch.where(m == -math.inf, 0.0, torch.rand(batch, chunks, generator=gen, dtype=torch.float64) + 0.5).to(dtype)
     D = torch.randn(batch, chunks, hidden, n_bits, generator=gen).to(dtype) * (s[..., None, None] > 0)
     outs = []
@@ -184,3 +188,19 @@ def test_bad_targets_are_named_through_the_probe(through_kernels, bad):
     targets[2, 1] = bad
     with pytest.raises(InputError, match=rf"targets\[2, 1\] = {bad} is outside 0 <= targets < 2\^n_bits = 128"):
         sick_bide.loss(W, r, targets, backend="chunked")
+
+
+def test_targets_changed_after_the_forward_do_not_change_the_gradients(through_kernels):
+    """The backward reads the targets the forward saw (as the torch path, which keeps their bits)."""
+    W, r, targets = _inputs((4, 5, 6, 2), torch.float32, seed=13)
+    targets = targets.contiguous()
+    grads = []
+    for change in (False, True):
+        W_, r_ = W.clone().requires_grad_(), r.clone().requires_grad_()
+        nll, _ = sick_bide.loss(W_, r_, targets.clone() if not change else targets, backend="chunked")
+        if change:
+            targets.add_(1).remainder_(1 << 6)
+        nll.sum().backward()
+        grads.append((W_.grad, r_.grad))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -251,15 +251,17 @@ def _run_partial_state(backend, options, W, r, k_start, k_stop, want_grad) -> Pa
     W, r = W.detach().contiguous(), r.detach().contiguous()
     kernel = backend.kernels["partial_state"]
     options, candidates = autotune.split(options)
-    if candidates is not None:
-        key = (backend.name, n_bits, hidden, autotune.bucket(batch), autotune.bucket(k_stop - k_start), W.dtype,
-               want_grad, str(W.device))
-        # Candidates are timed into a state of their own, made only if this key is tuned now: `out`
-        # stays as allocated (poisoned under test), so an element the chosen kernel does not write
-        # still fails the checks.
-        trial = functools.cache(lambda: PartialState(*(None if t is None else torch.empty_like(t) for t in out)))
-        options = autotune.choose(key, candidates, lambda o: kernel(W, r, k_start, k_stop, trial(), **o), W.device)
-    kernel(W, r, k_start, k_stop, out, **options)
+    with kernels.launch_device(W):     # backends launch on the current device
+        if candidates is not None:
+            key = (backend.name, n_bits, hidden, autotune.bucket(batch), autotune.bucket(k_stop - k_start), W.dtype,
+                   want_grad, str(W.device))
+            # Candidates are timed into a state of their own, made only if this key is tuned now: `out`
+            # stays as allocated (poisoned under test), so an element the chosen kernel does not write
+            # still fails the checks.
+            trial = functools.cache(lambda: PartialState(*(None if t is None else torch.empty_like(t) for t in out)))
+            options = autotune.choose(key, candidates, lambda o: kernel(W, r, k_start, k_stop, trial(), **o),
+                                      W.device)
+        kernel(W, r, k_start, k_stop, out, **options)
     return out
 
 
@@ -294,9 +296,9 @@ class _FusedNLL(torch.autograd.Function):
         state = state_fn(W, r, want_grad)
         ctx.input_dtype, ctx.launches = W.dtype, kernels.usable(W)
         if ctx.launches:   # one launch on CUDA (sick_bide_kernels), the same math as below
-            nll, lse = kernels.target_terms(W, r, targets, state.m, state.s)
+            nll, lse, kept = kernels.target_terms(W, r, targets, state.m, state.s, keep_targets=want_grad)
             if want_grad:
-                ctx.save_for_backward(W, r, targets, state.s, state.D)
+                ctx.save_for_backward(W, r, kept, state.s, state.D)
             return nll, lse
         acc = state.m.dtype
         W_acc, r_acc = W.to(acc), r.to(acc)

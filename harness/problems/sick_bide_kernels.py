@@ -23,18 +23,28 @@ to the last bit. The tests run these kernels in Triton's interpreter against the
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor
 
 from harness.triton_helpers import TRITON_MISSING, jit, rounded, tl, triton
 
-PROBE_PER_PROGRAM = 1 << 16     # elements of W per probe program: one program up to B = 128 at H = 32, n = 16
+PROBE_PER_PROGRAM = 1 << 16     # elements of W (or targets) per probe program: one up to B = 128 at H = 32, n = 16
 TILE = 8192                     # elements of a kernel's largest register tile
 
 
 def usable(x: Tensor) -> bool:
     """Whether the calls on x's device go through these kernels (CUDA with Triton)."""
     return x.is_cuda and not TRITON_MISSING
+
+
+def launch_device(x: Tensor) -> contextlib.AbstractContextManager:
+    """Make x's device the current one while kernels launch (Triton and CuPy launch on the
+    current device and its current stream); nothing to do when it already is."""
+    if x.is_cuda and x.device.index != torch.cuda.current_device():
+        return torch.cuda.device(x.device)
+    return contextlib.nullcontext()
 
 
 def _pow2(x: int) -> int:
@@ -46,7 +56,7 @@ def _probe_kernel(w_ptr, n_w, per_w, r_ptr, n_r, per_r, t_ptr, n_t, per_t, out_p
     """Program p: (min, max) of its slice of the targets and the count of non-finite values in
     its slices of W and r, into out[p, 0:3]. Values are widened to float64 first: exact, and
     Triton's interpreter compares bfloat16 NaN as bits (NaN == NaN)."""
-    p = tl.program_id(0)
+    p = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     bad = tl.zeros([BLOCK], tl.int64)
     for start in range(p * per_w, tl.minimum((p + 1) * per_w, n_w), BLOCK):
@@ -77,14 +87,21 @@ def probe(W: Tensor, r: Tensor, targets: Tensor | None) -> tuple[int, int, bool]
     flat_t = targets.reshape(-1) if targets is not None else torch.empty(1, dtype=torch.int64, device=W.device)
     n_t = flat_t.numel() if targets is not None else 0
     flat_w, flat_r = W.reshape(-1), r.reshape(-1)
-    programs = max(1, -(-flat_w.numel() // PROBE_PER_PROGRAM))
+    programs = max(1, -(-max(flat_w.numel(), n_t) // PROBE_PER_PROGRAM))
     parts = torch.empty(programs, 3, dtype=torch.int64, device=W.device)
     per = [-(-count // programs) for count in (flat_w.numel(), flat_r.numel(), n_t)]
-    _probe_kernel[(programs,)](flat_w, flat_w.numel(), per[0], flat_r, flat_r.numel(), per[1],
-                               flat_t, n_t, per[2], parts, BLOCK=1024)
+    with launch_device(W):
+        _probe_kernel[(programs,)](flat_w, flat_w.numel(), per[0], flat_r, flat_r.numel(), per[1],
+                                   flat_t, n_t, per[2], parts, BLOCK=1024)
     if programs > 1:
         parts = torch.stack((parts[:, 0].min(), parts[:, 1].max(), parts[:, 2].sum()))
-    lo, hi, bad = parts.reshape(3).tolist()
+    parts = parts.reshape(3)
+    if parts.is_cuda:   # into pinned memory, then wait: a .tolist() through pageable memory costs ~30 us more
+        host = torch.empty(3, dtype=torch.int64, pin_memory=True)
+        host.copy_(parts, non_blocking=True)
+        torch.cuda.current_stream(parts.device).synchronize()
+        parts = host
+    lo, hi, bad = parts.tolist()
     return lo, hi, bad == 0
 
 
@@ -92,14 +109,16 @@ def probe(W: Tensor, r: Tensor, targets: Tensor | None) -> tuple[int, int, bool]
 def _merge_kernel(m_ptr, s_ptr, d_ptr, m_out, s_out, d_out, C, HN,
                   HAS_D: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_D: tl.constexpr):
     """Row program_id(0): merge its C chunk states; program_id(1) picks a block of D's H * n."""
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)
     block = tl.program_id(1)
     acc = m_out.dtype.element_ty
     offs_c = tl.arange(0, BLOCK_C)
     top = tl.full([BLOCK_C], float("-inf"), acc)
     for c0 in range(0, C, BLOCK_C):
-        top = tl.maximum(top, tl.load(m_ptr + row * C + c0 + offs_c, mask=c0 + offs_c < C, other=float("-inf")))
-    m = tl.max(top, 0)
+        m_c = tl.load(m_ptr + row * C + c0 + offs_c, mask=c0 + offs_c < C, other=float("-inf"))
+        top = tl.maximum(top, m_c, propagate_nan=tl.PropagateNan.ALL)
+    # tl.max drops NaN (max.f32); a NaN chunk makes the row's m NaN, as torch.amax does.
+    m = tl.where(tl.sum((top != top).to(tl.int32), 0) > 0, float("nan"), tl.max(top, 0))
     s = tl.zeros([BLOCK_C], acc)
     offs_d = block * BLOCK_D + tl.arange(0, BLOCK_D)
     d = tl.zeros([BLOCK_D], acc)
@@ -124,14 +143,17 @@ def merge_chunks(m: Tensor, s: Tensor, D: Tensor | None, out) -> None:
     """sick_bide.merge_chunks in one launch: m, s [B, C] and D [B, C, H, n] into `out`."""
     batch, chunks = m.shape
     block_c = min(_pow2(chunks), 64)
+    m, s = m.contiguous(), s.contiguous()
     if D is None:
-        _merge_kernel[(batch, 1)](m, s, s, out.m, out.s, out.s, chunks, 1,
-                                  HAS_D=False, BLOCK_C=block_c, BLOCK_D=2)
+        with launch_device(m):
+            _merge_kernel[(batch, 1)](m, s, s, out.m, out.s, out.s, chunks, 1,
+                                      HAS_D=False, BLOCK_C=block_c, BLOCK_D=2)
         return
     hn = D.shape[2] * D.shape[3]
     block_d = min(_pow2(hn), TILE // block_c)
-    _merge_kernel[(batch, triton.cdiv(hn, block_d))](m.contiguous(), s.contiguous(), D.contiguous(), out.m, out.s,
-                                                      out.D, chunks, hn, HAS_D=True, BLOCK_C=block_c, BLOCK_D=block_d)
+    with launch_device(m):
+        _merge_kernel[(batch, triton.cdiv(hn, block_d))](m, s, D.contiguous(), out.m, out.s, out.D, chunks, hn,
+                                                          HAS_D=True, BLOCK_C=block_c, BLOCK_D=block_d)
 
 
 @jit
@@ -151,9 +173,15 @@ def _row_is_bad(w_row, r_row, H, n_bits, acc: tl.constexpr, BLOCK_H: tl.constexp
 
 
 @jit
+def _relu(z):
+    """max(z, 0) keeping NaN, as torch's clamp_min (PTX max.f32 would return 0)."""
+    return tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)
+
+
+@jit
 def _target_bits(t_row, t_stride, s0, S, acc: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_N: tl.constexpr):
     """b [BLOCK_S, BLOCK_N] (+-1) of targets s0 .. s0 + BLOCK_S of a row, and their mask."""
-    offs_s = s0 + tl.arange(0, BLOCK_S)
+    offs_s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
     s_ok = offs_s < S
     y = tl.load(t_row + offs_s * t_stride, mask=s_ok, other=0)
     offs_j = tl.arange(0, BLOCK_N).to(tl.int64)
@@ -173,8 +201,9 @@ def _unit_block(w_row, r_row, h0, H, n_bits, acc: tl.constexpr, BLOCK_H: tl.cons
 
 
 @jit(do_not_specialize=["t_stride_b", "t_stride_s", "S", "H", "n_bits"])
-def _target_terms_kernel(w_ptr, r_ptr, t_ptr, t_stride_b, t_stride_s, m_ptr, s_ptr, nll_ptr, lse_ptr, S, H, n_bits,
-                         BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_N: tl.constexpr):
+def _target_terms_kernel(w_ptr, r_ptr, t_ptr, t_stride_b, t_stride_s, m_ptr, s_ptr, nll_ptr, lse_ptr, kept_ptr,
+                         S, H, n_bits, KEEP: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr,
+                         BLOCK_N: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     acc = m_ptr.dtype.element_ty
     w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
@@ -188,8 +217,12 @@ def _target_terms_kernel(w_ptr, r_ptr, t_ptr, t_stride_b, t_stride_s, m_ptr, s_p
         for h0 in range(0, H, BLOCK_H):
             w, r = _unit_block(w_row, r_row, h0, H, n_bits, acc, BLOCK_H, BLOCK_N)
             z = tl.sum(b[:, None, :] * w[None, :, :], 2)                         # [BLOCK_S, BLOCK_H]
-            l_y += tl.sum(tl.maximum(z, 0.0) * r[None, :], 1)
-        tl.store(nll_ptr + row * S + s0 + tl.arange(0, BLOCK_S), lse - l_y, mask=s_ok)
+            l_y += tl.sum(_relu(z) * r[None, :], 1)
+        offs_s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
+        tl.store(nll_ptr + row * S + offs_s, lse - l_y, mask=s_ok)
+        if KEEP:   # the targets the backward will read, [B, S] contiguous
+            y = tl.load(t_ptr + row * t_stride_b + offs_s * t_stride_s, mask=s_ok, other=0)
+            tl.store(kept_ptr + row * S + offs_s, y, mask=s_ok)
 
 
 def _blocks(targets_per_row: int, hidden: int, n_bits: int) -> dict[str, int]:
@@ -199,15 +232,27 @@ def _blocks(targets_per_row: int, hidden: int, n_bits: int) -> dict[str, int]:
             "BLOCK_N": block_n}
 
 
-def target_terms(W: Tensor, r: Tensor, targets: Tensor, m: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-    """nll [B, S] and lse [B] in m's dtype from the merged state and targets [B, S] (int64)."""
+def target_terms(W: Tensor, r: Tensor, targets: Tensor, m: Tensor, s: Tensor,
+                 keep_targets: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """nll [B, S] and lse [B] in m's dtype from the merged state and targets [B, S] (int64),
+    and with keep_targets a copy of the targets for the backward (the caller's may change
+    in place before it runs; the torch path keeps their bits instead)."""
     batch, hidden, n_bits = W.shape
     W, r = W.contiguous(), r.contiguous()
     nll = torch.empty(targets.shape, dtype=m.dtype, device=W.device)
     lse = torch.empty(batch, dtype=m.dtype, device=W.device)
-    _target_terms_kernel[(batch,)](W, r, targets, targets.stride(0), targets.stride(1), m, s, nll, lse,
-                                   targets.shape[1], hidden, n_bits, **_blocks(targets.shape[1], hidden, n_bits))
-    return nll, lse
+    kept = torch.empty(targets.shape, dtype=torch.int64, device=W.device) if keep_targets else None
+    # Rows without targets (S = 0) read neither targets nor nll: stand-ins keep null pointers out.
+    t, out, k = (targets, nll, kept if keep_targets else nll) if nll.numel() else (_stand_in(W.device), lse, lse)
+    with launch_device(W):
+        _target_terms_kernel[(batch,)](W, r, t, targets.stride(0), targets.stride(1), m, s, out, lse, k,
+                                       targets.shape[1], hidden, n_bits, KEEP=keep_targets and nll.numel() > 0,
+                                       **_blocks(targets.shape[1], hidden, n_bits))
+    return nll, lse, kept
+
+
+def _stand_in(device) -> Tensor:
+    return torch.empty(1, dtype=torch.int64, device=device)
 
 
 @jit(do_not_specialize=["t_stride_b", "t_stride_s", "g_stride_b", "g_stride_s", "glse_stride", "S", "H", "n_bits"])
@@ -222,7 +267,7 @@ def _gradients_kernel(w_ptr, r_ptr, t_ptr, t_stride_b, t_stride_s, s_ptr, d_ptr,
     G = tl.zeros([BLOCK_S], acc)
     if HAS_G:
         for s0 in range(0, S, BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
+            offs_s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
             G += tl.load(g_row + offs_s * g_stride_s, mask=offs_s < S, other=0.0).to(acc)
     G = tl.sum(G, 0)
     if HAS_GLSE:
@@ -241,12 +286,12 @@ def _gradients_kernel(w_ptr, r_ptr, t_ptr, t_stride_b, t_stride_s, s_ptr, d_ptr,
         if HAS_G:
             for s0 in range(0, S, BLOCK_S):
                 b, s_ok = _target_bits(t_row, t_stride_s, s0, S, acc, BLOCK_S, BLOCK_N)
-                offs_s = s0 + tl.arange(0, BLOCK_S)
+                offs_s = s0 + tl.arange(0, BLOCK_S).to(tl.int64)
                 g = tl.load(g_row + offs_s * g_stride_s, mask=s_ok, other=0.0).to(acc)
                 z = tl.sum(b[:, None, :] * w[None, :, :], 2)                     # [BLOCK_S, BLOCK_H]
                 g_on = tl.where(z > 0, g[:, None], 0.0)
                 target_dw += tl.sum(g_on[:, :, None] * b[:, None, :], 0)
-                target_dr += tl.sum(g[:, None] * tl.maximum(z, 0.0), 0)
+                target_dr += tl.sum(g[:, None] * _relu(z), 0)
         dw = r[:, None] * (G * Dn - target_dw)
         dr = G * tl.sum(w * Dn, 1) - target_dr
         dw = tl.where(bad, float("nan"), dw)
@@ -261,11 +306,15 @@ def gradients(W: Tensor, r: Tensor, targets: Tensor, s: Tensor, D: Tensor, grad_
     batch, hidden, n_bits = W.shape
     W, r = W.contiguous(), r.contiguous()
     dW, dr = torch.empty_like(W), torch.empty_like(r)
+    per_row = targets.shape[1]
+    if per_row == 0:     # no target terms (and no pointers to empty tensors)
+        targets, grad_nll = _stand_in(W.device).view(1, 1), None
     g = grad_nll if grad_nll is not None else s
     g_strides = (g.stride(0), g.stride(1)) if grad_nll is not None else (0, 0)
     glse = grad_lse if grad_lse is not None else s
-    _gradients_kernel[(batch,)](W, r, targets, targets.stride(0), targets.stride(1), s, D.contiguous(), g,
-                                *g_strides, glse, glse.stride(0), dW, dr, targets.shape[1], hidden, n_bits,
-                                HAS_G=grad_nll is not None, HAS_GLSE=grad_lse is not None,
-                                **_blocks(targets.shape[1], hidden, n_bits))
+    with launch_device(W):
+        _gradients_kernel[(batch,)](W, r, targets, targets.stride(0), targets.stride(1), s, D.contiguous(), g,
+                                    *g_strides, glse, glse.stride(0), dW, dr, per_row, hidden, n_bits,
+                                    HAS_G=grad_nll is not None, HAS_GLSE=grad_lse is not None,
+                                    **_blocks(per_row, hidden, n_bits))
     return dW, dr
