@@ -204,3 +204,17 @@ def test_targets_changed_after_the_forward_do_not_change_the_gradients(through_k
         grads.append((W_.grad, r_.grad))
     for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_launches_move_to_the_inputs_device(monkeypatch):
+    """Triton and CuPy launch on the current device: inputs on another one make it current."""
+    class OnCuda1:
+        is_cuda = True
+        device = torch.device("cuda", 1)
+
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    guard = kernels.launch_device(OnCuda1())
+    assert isinstance(guard, torch.cuda.device) and guard.idx == 1
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    assert not isinstance(kernels.launch_device(OnCuda1()), torch.cuda.device)
+    assert not isinstance(kernels.launch_device(torch.zeros(1)), torch.cuda.device)
