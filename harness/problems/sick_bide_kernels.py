@@ -238,12 +238,14 @@ def target_terms(W: Tensor, r: Tensor, targets: Tensor, m: Tensor, s: Tensor,
     nll = torch.empty(targets.shape, dtype=m.dtype, device=W.device)
     lse = torch.empty(batch, dtype=m.dtype, device=W.device)
     kept = torch.empty(targets.shape, dtype=torch.int64, device=W.device) if keep_targets else None
-    # Rows without targets (S = 0) read neither targets nor nll: stand-ins keep null pointers out.
-    t, out, k = (targets, nll, kept if keep_targets else nll) if nll.numel() else (_stand_in(W.device), lse, lse)
+    t_arg, nll_arg, kept_arg = targets, nll, kept if keep_targets else nll
+    if nll.numel() == 0:     # rows without targets read none of these: stand-ins keep null pointers out
+        t_arg, nll_arg, kept_arg = _stand_in(W.device), lse, lse
+    per_row = targets.shape[1]
     with launch_device(W):
-        _target_terms_kernel[(batch,)](W, r, t, targets.stride(0), targets.stride(1), m, s, out, lse, k,
-                                       targets.shape[1], hidden, n_bits, KEEP=keep_targets and nll.numel() > 0,
-                                       **_blocks(targets.shape[1], hidden, n_bits))
+        _target_terms_kernel[(batch,)](W, r, t_arg, targets.stride(0), targets.stride(1), m, s, nll_arg, lse,
+                                       kept_arg, per_row, hidden, n_bits, KEEP=keep_targets and per_row > 0,
+                                       **_blocks(per_row, hidden, n_bits))
     return nll, lse, kept
 
 
