@@ -45,6 +45,7 @@ import math
 
 import torch
 
+from backends import triton_brute
 from harness import Backend
 from harness.autotune import AUTOTUNE
 from harness.problems.sick_bide import PartialState, merge_chunks
@@ -309,7 +310,15 @@ def partial_state(
     programs_per_sm: int = 2,
     maxnreg: int = 0,
     fused_maxnreg: int = 0,
+    design: str = "mitm",
+    block_k: int = 128,
 ) -> None:
+    if design == "brute":   # tensor-core z (triton_brute.py); the tile options above do not apply
+        triton_brute.partial_state(W, r, k_start, k_stop, out, block_k=block_k, num_warps=num_warps,
+                                   programs_per_sm=programs_per_sm)
+        return
+    if design != "mitm":
+        raise ValueError(f"design must be 'mitm' or 'brute', got {design!r}")
     batch, hidden, n_bits = W.shape
     fused = out.D is not None
     if fused:
@@ -360,7 +369,7 @@ def partial_state(
 
 
 # The `autotune` config's candidates (harness/autotune.py times them per size): the default first,
-# then tiles with more or fewer mid codes, more lo codes, or more warps, for both passes.
+# then tiles with more or fewer mid codes, more lo codes, or more warps, for both passes, and brute force.
 TUNING = [
     {},
     {"mid_bits": 7, "fused_mid_bits": 7},
@@ -368,6 +377,7 @@ TUNING = [
     {"lo_bits": 4, "num_warps": 8, "fused_lo_bits": 5, "fused_mid_bits": 7},
     {"num_warps": 8, "programs_per_sm": 1},
     {"programs_per_sm": 4, "fused_mid_bits": 9},
+    {"design": "brute", "programs_per_sm": 4},
 ]
 
 
@@ -380,7 +390,7 @@ BACKENDS = [
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
         limits={"n_bits": (1, 32)},
         features=frozenset({"grad", "k_ranges"}),
-        configs={"default": {}, "autotune": {AUTOTUNE: TUNING}},
+        configs={"default": {}, "autotune": {AUTOTUNE: TUNING}, "brute": {"design": "brute", "programs_per_sm": 4}},
         unavailable=unavailable,
         priority=10,
         summary="Triton, one fused pass: 3-way meet-in-the-middle tables, r folded in, online softmax",

@@ -141,7 +141,8 @@ def cases(
     )
 
 
-def cases_for(backend, *, dtype_names: tuple[str, ...] | None = None, max_n_bits: int = 11, **kwargs):
+def cases_for(backend, *, dtype_names: tuple[str, ...] | None = None, min_n_bits: int = 1, max_n_bits: int = 11,
+              **kwargs):
     """`cases` restricted to what `backend` declares it runs (dtypes, n_bits range).
 
     Raises LookupError naming the gap when nothing is left, so that the caller
@@ -150,12 +151,13 @@ def cases_for(backend, *, dtype_names: tuple[str, ...] | None = None, max_n_bits
     declared = [str(d).removeprefix("torch.") for d in backend.dtypes]
     allowed = [d for d in (dtype_names or declared) if d in declared]
     lo, hi = backend.limits.get("n_bits", (1, 32))
-    if not allowed or lo > min(hi, max_n_bits):
+    lo, hi = max(lo, min_n_bits), min(hi, max_n_bits)
+    if not allowed or lo > hi:
         raise LookupError(
             f"{backend.name} declares dtypes {declared} and n_bits {lo}..{hi}; this property needs "
-            f"{list(dtype_names or declared)} and n_bits <= {max_n_bits}"
+            f"{list(dtype_names or declared)} and n_bits in {min_n_bits}..{max_n_bits}"
         )
-    return cases(dtype_names=st.sampled_from(allowed), min_n_bits=lo, max_n_bits=min(hi, max_n_bits), **kwargs)
+    return cases(dtype_names=st.sampled_from(allowed), min_n_bits=lo, max_n_bits=hi, **kwargs)
 
 
 @st.composite

@@ -159,3 +159,15 @@ def test_auto_picks_a_runnable_backend():
                 if registry.unavailable_reason(b, "default", "cpu") is None), key=lambda b: b.priority)
     assert best.name != "reference"
 
+
+
+def test_triton_option_values_out_of_range_are_refused_by_name():
+    """The triton backend's design and block_k options: a bad value is a ValueError naming the option
+    and what it allows, raised before any kernel runs."""
+    pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    W, r, _ = inputs(device)
+    with pytest.raises(ValueError, match=r"design must be 'mitm' or 'brute', got 'tables'"):
+        sick_bide.partial_state(W, r, backend="triton", design="tables")
+    with pytest.raises(ValueError, match=r"block_k must be a power of two >= 16, got 24"):
+        sick_bide.partial_state(W, r, backend="triton", config="brute", block_k=24)
