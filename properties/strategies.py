@@ -150,12 +150,12 @@ def cases_for(backend, *, dtype_names: tuple[str, ...] | None = None, min_n_bits
     """
     declared = [str(d).removeprefix("torch.") for d in backend.dtypes]
     allowed = [d for d in (dtype_names or declared) if d in declared]
-    lo, hi = backend.limits.get("n_bits", (1, 32))
-    lo, hi = max(lo, min_n_bits), min(hi, max_n_bits)
+    declared_lo, declared_hi = backend.limits.get("n_bits", (1, 32))
+    lo, hi = max(declared_lo, min_n_bits), min(declared_hi, max_n_bits)
     if not allowed or lo > hi:
         raise LookupError(
-            f"{backend.name} declares dtypes {declared} and n_bits {lo}..{hi}; this property needs "
-            f"{list(dtype_names or declared)} and n_bits in {min_n_bits}..{max_n_bits}"
+            f"{backend.name} declares dtypes {declared} and n_bits {declared_lo}..{declared_hi}; this property "
+            f"needs {list(dtype_names or declared)} and n_bits in {min_n_bits}..{max_n_bits}"
         )
     return cases(dtype_names=st.sampled_from(allowed), min_n_bits=lo, max_n_bits=hi, **kwargs)
 

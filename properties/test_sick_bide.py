@@ -206,3 +206,15 @@ def test_repeated_calls_agree_to_the_last_bit(sick_bide_variant, data):
     first, second = run(sick_bide_variant, inputs), run(sick_bide_variant, inputs)
     for name in first:
         assert torch.equal(first[name].nan_to_num(0), second[name].nan_to_num(0)), f"{name} differs, {case}"
+
+
+def test_batches_past_the_cuda_grid_limit(sick_bide_variant):
+    """B = 65543, past 65535 (the largest grid y or z dimension on CUDA): every row of the loss and
+    its gradients within the policy, the harness's own kernels included."""
+    if sick_bide_variant[2] != "cuda":
+        pytest.skip("the grid limit is CUDA's; CPU paths loop over rows")
+    case = Case(batch=65543, hidden=3, n_bits=4, targets_per_row=2, seed=13)
+    inputs = case.tensors("cuda")
+    if refusal(sick_bide_variant[0], sick_bide_variant[1], case, "cuda") is not None:
+        pytest.skip(refusal(sick_bide_variant[0], sick_bide_variant[1], case, "cuda"))
+    judge(sick_bide_variant, case, inputs, run(sick_bide_variant, inputs))
