@@ -6,7 +6,9 @@ Two kernel families, both with r folded into meet-in-the-middle tables,
     l = sum_h s_h max(qlo[h], qhi[h]) + sum_h r_h P_hi[h]       (one FMNMX + one FFMA per triple)
 
 so r relu(z) = s max(c P_lo, -c P_hi) + r P_hi and the gradient mask is the same comparison,
-1[z > 0] = 1[qlo > qhi]. Logits are in base 2 (c and r carry log2 e).
+1[z > 0] = 1[qlo > qhi]. Logits are in base 2 (c and r carry log2 e). Which bits go to which
+side is the kernel's choice: the tiles forward puts the top bits on the lo side (the table it
+rebuilds per tile is then the smaller one).
 
 `tiles` (backends/cupy_tiles.cu, the default): a tile is 8 block_lo lo x 128 mid codes for
 one top pattern; each of 128 threads owns a block_lo x 8 block of it (4 x 8 forward, 8 x 8
@@ -78,11 +80,13 @@ def _tiles_kernel(name: str, arch: str, block_lo: int):
 
 
 def _tiles_shared_bytes(hidden: int, fused: bool, block_lo: int) -> int:
-    """cupy_tiles.cu's table_floats (+ grad_floats when fused), in bytes."""
+    """cupy_tiles.cu's forward_floats, or table_floats + grad_floats when fused, in bytes."""
     lo_codes = TILE_TP * block_lo
     units = THREADS // lo_codes                       # HG: hidden units per staged reduction
     padded = units * math.ceil(hidden / units)
     floats = padded * (lo_codes + TILE_Q + TILE_QA + TILE_QB + 4) + TILE_Q + 8
+    if not fused:   # forward_floats: P_lo before scaling
+        floats += padded * lo_codes
     if fused:
         floats += (hidden * (lo_codes + TILE_Q + 32) + padded * (lo_codes // 32)
                    + units * (TILE_TQ * lo_codes + TILE_TP * TILE_CSTRIDE))

@@ -7,7 +7,9 @@
 //     qlo[h, p] = c_h P_lo[h, p]                 qhi[h, q] = -c_h (P_mid[h, q] + P_top[h, t])
 //     l[p, q]   = sum_h s_h max(qlo[h, p], qhi[h, q]) + R_mid[q] + R_top[t]      (base 2)
 //
-// since r relu(a + b) = s max(c a, -c b) + r b. Each of the 128 threads owns an AP x 8 block of
+// since r relu(a + b) = s max(c a, -c b) + r b. The forward kernel moves P_top to the lo side
+// instead (TOP_IN_LO): qlo = c (P_lo + P_top) is rebuilt per tile (P entries per unit, not Q),
+// qhi = -c P_mid is built once per item, and R_top drops out. Each of the 128 threads owns an AP x 8 block of
 // the tile (lo codes AP tp + i, mid codes 8 tq + j), so one hidden unit costs it AP / 4 + 2
 // 16-byte shared loads for 8 AP (max, fma) pairs, with 8 AP independent accumulators.
 //
@@ -92,6 +94,8 @@ __device__ Item make_item(const float* W, const float* r, int H, int n_bits, int
 __host__ __device__ constexpr int padded(int H) { return (H + HG - 1) / HG * HG; }
 // Shared memory, in floats, of a block (the host sizes the launch with the same formulas).
 __host__ __device__ constexpr int table_floats(int H) { return padded(H) * (P + Q + QA + QB + 4) + Q + 8; }
+// The forward kernel's tables add P_lo before scaling, [Hp][P], after the shared ones.
+__host__ __device__ constexpr int forward_floats(int H) { return table_floats(H) + padded(H) * P; }
 __host__ __device__ constexpr int grad_floats(int H) {
     return H * (P + Q + 32) + padded(H) * WPH + HG * (TQ * P + TP * CSTRIDE);
 }
@@ -118,7 +122,7 @@ __device__ __forceinline__ float fast_exp2(float x) {   // 2^x, one MUFU.EX2; 2^
 }
 
 struct Tables {
-    float *qlo, *qhi, *pa, *pb, *c, *sg, *r2, *ptop, *rmid, *red;
+    float *qlo, *qhi, *pa, *pb, *c, *sg, *r2, *ptop, *rmid, *red, *plo;
 };
 
 __device__ Tables carve(float* smem, int H) {
@@ -134,10 +138,23 @@ __device__ Tables carve(float* smem, int H) {
     tb.ptop = tb.r2 + Hp;
     tb.rmid = tb.ptop + Hp;      // [Q]
     tb.red = tb.rmid + Q;        // [8]
+    tb.plo = tb.red + 8;         // [Hp][P], TOP_IN_LO only (forward_floats)
     return tb;
 }
 
-// The item's fixed tables: c, s, r log2 e, qlo, P_a, P_b and R_mid.
+// qhi[h, q] = -c_h (P_mid[h, q] + P_top[h]) (without P_top: -c_h P_mid[h, q]), four mid codes at a time.
+__device__ __forceinline__ void mid_table(const Tables& tb, int Hp, bool with_top) {
+    for (int i = threadIdx.x; i < Hp * (Q / 4); i += THREADS) {
+        const int h = i / (Q / 4), q = 4 * (i % (Q / 4));
+        const float4 a = *reinterpret_cast<const float4*>(tb.pa + h * QA + q % QA);
+        const float b = tb.pb[h * QB + q / QA], top = with_top ? tb.ptop[h] : 0.f, neg_c = -tb.c[h];
+        *reinterpret_cast<float4*>(tb.qhi + h * Q + q) = make_float4(
+            neg_c * ((a.x + b) + top), neg_c * ((a.y + b) + top), neg_c * ((a.z + b) + top), neg_c * ((a.w + b) + top));
+    }
+}
+
+// The item's fixed tables: c, s, r log2 e, P_a, P_b, R_mid and qlo (or, TOP_IN_LO, P_lo and qhi).
+template <bool TOP_IN_LO>
 __device__ void build_tables(const Item& it, const Tables& tb) {
     const int t = threadIdx.x, H = it.H, Hp = padded(H), n_a = min(it.n_mid, 5);
     for (int h = t; h < Hp; h += THREADS) {
@@ -151,7 +168,8 @@ __device__ void build_tables(const Item& it, const Tables& tb) {
         const int h = i / P, p = i % P;
         float acc = 0.f;
         if (h < H) for (int j = 0; j < it.n_lo; ++j) acc += it.W[h * it.n_bits + j] * bitsign(p, j);
-        tb.qlo[i] = tb.c[h] * acc;
+        if (TOP_IN_LO) tb.plo[i] = acc;
+        else tb.qlo[i] = tb.c[h] * acc;
     }
     for (int i = t; i < Hp * QA; i += THREADS) {
         const int h = i / QA, qa = i % QA;
@@ -171,9 +189,12 @@ __device__ void build_tables(const Item& it, const Tables& tb) {
         for (int h = 0; h < H; ++h) acc += tb.r2[h] * (tb.pa[h * QA + q % QA] + tb.pb[h * QB + q / QA]);
         tb.rmid[q] = acc;
     }
+    if (TOP_IN_LO) mid_table(tb, Hp, false);
 }
 
-// qhi and P_top of tile `tile`; returns R_top (base 2). Starts and ends with a barrier.
+// The tables of tile `tile`: P_top, then qhi (or, TOP_IN_LO, qlo = c (P_lo + P_top)); returns R_top
+// (base 2; 0 with TOP_IN_LO). Starts and ends with a barrier.
+template <bool TOP_IN_LO>
 __device__ float tile_tables(const Item& it, const Tables& tb, long long tile) {
     const int t = threadIdx.x, H = it.H, Hp = padded(H), top0 = it.n_lo + it.n_mid;
     __syncthreads();                                   // everyone is done with the last tile's qhi
@@ -183,13 +204,18 @@ __device__ float tile_tables(const Item& it, const Tables& tb, long long tile) {
         tb.ptop[h] = acc;
     }
     __syncthreads();
-    for (int i = t; i < Hp * (Q / 4); i += THREADS) {  // four mid codes at a time
-        const int h = i / (Q / 4), q = 4 * (i % (Q / 4));
-        const float4 a = *reinterpret_cast<const float4*>(tb.pa + h * QA + q % QA);
-        const float b = tb.pb[h * QB + q / QA], top = tb.ptop[h], neg_c = -tb.c[h];
-        *reinterpret_cast<float4*>(tb.qhi + h * Q + q) = make_float4(
-            neg_c * ((a.x + b) + top), neg_c * ((a.y + b) + top), neg_c * ((a.z + b) + top), neg_c * ((a.w + b) + top));
+    if (TOP_IN_LO) {
+        for (int i = t; i < Hp * (P / 4); i += THREADS) {  // four lo codes at a time
+            const int h = i / (P / 4), p = 4 * (i % (P / 4));
+            const float4 a = *reinterpret_cast<const float4*>(tb.plo + h * P + p);
+            const float top = tb.ptop[h], c = tb.c[h];
+            *reinterpret_cast<float4*>(tb.qlo + h * P + p) =
+                make_float4(c * (a.x + top), c * (a.y + top), c * (a.z + top), c * (a.w + top));
+        }
+        __syncthreads();
+        return 0.f;
     }
+    mid_table(tb, Hp, true);
     float r_top = 0.f;                                 // every warp sums it: no extra barrier
     for (int h = t & 31; h < H; h += 32) r_top += tb.r2[h] * tb.ptop[h];
     r_top = warp_sum(r_top);
@@ -219,7 +245,8 @@ __device__ void tile_logits(const Item& it, const Tables& tb, long long tile, fl
     }
     const int tile_bits = it.n_lo + it.n_mid;
     const bool partial = (1 << it.n_lo) < P || (1 << it.n_mid) < Q;
-    if (partial || tile == it.first_tile || tile == it.last_tile) {
+    const long long tile_start = tile << tile_bits;    // whole tiles inside [k_start, k_stop) need no mask
+    if (partial || tile_start < it.k_start || tile_start + (1LL << tile_bits) > it.k_stop) {
         #pragma unroll
         for (int i = 0; i < AP; ++i)
             #pragma unroll
@@ -251,10 +278,10 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_forward(
     const Item it = make_item(W, r, H, n_bits, n_lo, n_mid, k_start, k_stop, first_tile, last_tile, chunks,
                               tiles_per_chunk);
     const Tables tb = carve(smem, H);
-    build_tables(it, tb);
+    build_tables<true>(it, tb);
     float m = NEG_INF, s = 0.f;                        // this thread's online softmax
     for (long long tile = it.t_begin; tile < it.t_end; ++tile) {
-        const float r_top = tile_tables(it, tb, tile);
+        const float r_top = tile_tables<true>(it, tb, tile);
         float l[AP][BQ];
         tile_logits(it, tb, tile, r_top, l);
         const float m_new = fmaxf(m, block_max(l));
@@ -293,11 +320,11 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
     float* cstage = rstage + HG * TQ * P;             // [HG][TP][CSTRIDE]
     const int t = threadIdx.x, tp = t % TP, tq = t / TP, lane = t & 31, warp = t >> 5;
     for (int i = t; i < H * (P + Q + 32); i += THREADS) g_lo[i] = 0.f;
-    build_tables(it, tb);
+    build_tables<false>(it, tb);
     float m = NEG_INF, s = 0.f;                        // m is the block's; s this thread's
 
     for (long long tile = it.t_begin; tile < it.t_end; ++tile) {
-        const float r_top = tile_tables(it, tb, tile);
+        const float r_top = tile_tables<false>(it, tb, tile);
         float e[AP][BQ];
         tile_logits(it, tb, tile, r_top, e);
         const float m_new = fmaxf(m, block_reduce(block_max(e), tb.red, true));
