@@ -67,14 +67,15 @@ def _kernel(name: str, padded_hidden: int, arch: str, min_blocks: int):
 
 
 @functools.cache
-def _tiles_kernel(name: str, arch: str, block_lo: int):
+def _tiles_kernel(name: str, arch: str, block_lo: int, min_blocks: int):
     """A RawKernel of cupy_tiles.cu allowed the dynamic shared memory of the largest H.
 
     CuPy memoizes compiled functions by source, name and options, so every RawKernel of the
     same kernel shares one attribute: it is set once, to the limit, not per call size."""
     import cupy
 
-    kernel = cupy.RawKernel(SOURCES["cupy_tiles"], name, options=("-std=c++17", f"-arch={arch}", f"-DAP={block_lo}"))
+    options = ("-std=c++17", f"-arch={arch}", f"-DAP={block_lo}", f"-DFORWARD_MIN_BLOCKS={min_blocks}")
+    kernel = cupy.RawKernel(SOURCES["cupy_tiles"], name, options=options)
     kernel.max_dynamic_shared_size_bytes = _tiles_shared_bytes(MAX_HIDDEN, name.endswith("fused"), block_lo)
     return kernel
 
@@ -112,7 +113,10 @@ def partial_state(
     blocks_per_sm: int = 4,
     min_blocks: int = 6,
     fused_min_blocks: int = 3,
+    tile_min_blocks: int = 6,
 ) -> None:
+    # tile_min_blocks: the tiles forward's registers capped so that this many blocks fit per SM (0: the
+    # compiler's choice); 6 measured 2-5% faster than uncapped on the H100 (PERFORMANCE.md).
     if fused_block_lo is None:   # 8 x 8 blocks pay once the 128 mid codes of a tile are all real (n >= 13)
         fused_block_lo = 8 if W.shape[2] >= 13 else 4
     if tiles and {block_lo, fused_block_lo} - {4, 8}:
@@ -156,7 +160,8 @@ def partial_state(
             tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int32(n_mid), np.int64(k_start),
                     np.int64(k_stop), np.int64(first), np.int64(last), np.int32(chunks), np.int64(per_chunk))
             shared = _tiles_shared_bytes(hidden, fused, block_lo)
-            kernel = _tiles_kernel("sick_bide_tiles_fused" if fused else "sick_bide_tiles_forward", arch, block_lo)
+            kernel = _tiles_kernel("sick_bide_tiles_fused" if fused else "sick_bide_tiles_forward", arch, block_lo,
+                                   tile_min_blocks)
             kernel((batch * chunks,), (THREADS,), (*views, *tail), shared_mem=shared)
         else:
             tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int64(k_start), np.int64(k_stop),

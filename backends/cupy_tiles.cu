@@ -36,6 +36,11 @@
 #define AP 4                 // lo codes per thread (4 or 8; the host compiles both)
 #endif
 #define BQ 8                 // mid codes per thread
+#if defined(FORWARD_MIN_BLOCKS) && FORWARD_MIN_BLOCKS > 0   // the host's tile_min_blocks: blocks per SM that
+#define FORWARD_BOUNDS __launch_bounds__(THREADS, FORWARD_MIN_BLOCKS)  // the forward's registers must fit
+#else
+#define FORWARD_BOUNDS __launch_bounds__(THREADS)
+#endif
 #define P (TP * AP)          // lo codes per tile: 32 (n_lo <= 5) or 64 (n_lo <= 6)
 #define Q (TQ * BQ)          // 128 mid codes: n_mid <= 7
 #define QA 32                // P_mid[q] = P_a[q % 32] + P_b[q / 32]
@@ -269,7 +274,7 @@ __device__ __forceinline__ float block_max(const float (&l)[AP][BQ]) {
     return mt;
 }
 
-extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_forward(
+extern "C" __global__ void FORWARD_BOUNDS sick_bide_tiles_forward(
     const float* W, const float* r, float* m_out, float* s_out, int H, int n_bits, int n_lo, int n_mid,
     long long k_start, long long k_stop, long long first_tile, long long last_tile, int chunks,
     long long tiles_per_chunk)
