@@ -116,11 +116,13 @@ def partial_state(
     tile_min_blocks: int = 6,
 ) -> None:
     # tile_min_blocks: the tiles forward's registers capped so that this many blocks fit per SM (0: the
-    # compiler's choice); 6 measured 2-5% faster than uncapped on the H100 (PERFORMANCE.md).
+    # compiler's choice); 6 measured 2-5% faster than uncapped on the H100 at block_lo = 4 (PERFORMANCE.md).
     if fused_block_lo is None:   # 8 x 8 blocks pay once the 128 mid codes of a tile are all real (n >= 13)
         fused_block_lo = 8 if W.shape[2] >= 13 else 4
     if tiles and {block_lo, fused_block_lo} - {4, 8}:
         raise ValueError(f"block_lo and fused_block_lo must be 4 or 8, got {block_lo} and {fused_block_lo}")
+    if not (isinstance(tile_min_blocks, int) and 0 <= tile_min_blocks <= 16):
+        raise ValueError(f"tile_min_blocks must be an int in 0..16 (0: no register cap), got {tile_min_blocks!r}")
     import cupy
     import numpy as np
 
@@ -161,7 +163,7 @@ def partial_state(
                     np.int64(k_stop), np.int64(first), np.int64(last), np.int32(chunks), np.int64(per_chunk))
             shared = _tiles_shared_bytes(hidden, fused, block_lo)
             kernel = _tiles_kernel("sick_bide_tiles_fused" if fused else "sick_bide_tiles_forward", arch, block_lo,
-                                   tile_min_blocks)
+                                   0 if fused else tile_min_blocks)   # the cap is the forward kernel's only
             kernel((batch * chunks,), (THREADS,), (*views, *tail), shared_mem=shared)
         else:
             tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int64(k_start), np.int64(k_stop),
@@ -183,7 +185,7 @@ def _unavailable(config: str) -> str | None:
 # The `autotune` config's candidates (harness/autotune.py times them per size): the default first.
 TUNING = [
     {},
-    {"block_lo": 8, "fused_block_lo": 4},
+    {"block_lo": 8, "fused_block_lo": 4, "tile_min_blocks": 0},   # 64 accumulators: no room under the cap
     {"fused_block_lo": 8},
     {"blocks_per_sm": 8},
     {"blocks_per_sm": 2},

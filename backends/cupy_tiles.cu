@@ -26,7 +26,8 @@
 //
 // One block per work item (a row and a range of tiles); the fused kernel keeps one scale m for
 // the whole block (a block max per tile), the forward kernel one per thread. Shared memory is
-// dynamic and sized by the host from the number of hidden units (shared_floats below).
+// dynamic and sized by the host from the number of hidden units (forward_floats, table_floats and
+// grad_floats below; cupy_mitm.py's _tiles_shared_bytes mirrors them).
 
 #define THREADS 128
 #define WARPS (THREADS / 32)
@@ -78,7 +79,7 @@ struct Item {
     const float* W;          // this row's W [H, n]
     const float* r;          // this row's r [H]
     int H, n_bits, n_lo, n_mid, n_top;
-    long long k_start, k_stop, t_begin, t_end, first_tile, last_tile;
+    long long k_start, k_stop, t_begin, t_end;
 };
 
 __device__ Item make_item(const float* W, const float* r, int H, int n_bits, int n_lo, int n_mid,
@@ -89,7 +90,7 @@ __device__ Item make_item(const float* W, const float* r, int H, int n_bits, int
     it.W = W + row * H * n_bits;
     it.r = r + row * H;
     it.H = H; it.n_bits = n_bits; it.n_lo = n_lo; it.n_mid = n_mid; it.n_top = n_bits - n_lo - n_mid;
-    it.k_start = k_start; it.k_stop = k_stop; it.first_tile = first_tile; it.last_tile = last_tile;
+    it.k_start = k_start; it.k_stop = k_stop;
     it.t_begin = first_tile + chunk * tiles_per_chunk;
     it.t_end = min(it.t_begin + tiles_per_chunk, last_tile + 1);
     return it;
@@ -143,7 +144,7 @@ __device__ Tables carve(float* smem, int H) {
     tb.ptop = tb.r2 + Hp;
     tb.rmid = tb.ptop + Hp;      // [Q]
     tb.red = tb.rmid + Q;        // [8]
-    tb.plo = tb.red + 8;         // [Hp][P], TOP_IN_LO only (forward_floats)
+    tb.plo = tb.red + 8;         // [Hp][P], TOP_IN_LO only (forward_floats); the fused kernel's g_lo is there
     return tb;
 }
 
@@ -202,7 +203,7 @@ __device__ void build_tables(const Item& it, const Tables& tb) {
 template <bool TOP_IN_LO>
 __device__ float tile_tables(const Item& it, const Tables& tb, long long tile) {
     const int t = threadIdx.x, H = it.H, Hp = padded(H), top0 = it.n_lo + it.n_mid;
-    __syncthreads();                                   // everyone is done with the last tile's qhi
+    __syncthreads();                                   // everyone is done with the last tile's qhi (qlo)
     for (int h = t; h < Hp; h += THREADS) {
         float acc = 0.f;
         if (h < H) for (int j = 0; j < it.n_top; ++j) acc += it.W[h * it.n_bits + top0 + j] * bitsign(tile, j);

@@ -11,17 +11,20 @@ and, when gradient sums are wanted, a second dot per block:
 
     D[h, j] = alpha D[h, j] + sum_k G[k, h] b_kj,   G[k, h] = e[k] 1[Z[k, h] > 0]
 
-Exact z: the bits are exact in any type, so the dot's products are exact when W is. Half
-inputs are used as they are (one dot); float32 W is split into three bfloat16 parts,
-W = W1 + W2 + W3 exactly (8 + 8 + 8 significand bits), three dots accumulated in float32.
-G goes to the tensor cores as two TF32 parts, G = G1 + G2 with G1 the top 11 significand
-bits (the hardware reads the top 19 bits of a float32), so G keeps 22 bits: an error of
-2^-22 relative per term, below the float32 sums' own rounding over 2^n codes.
+Exact products: the bits are exact in any type, so the dot's products are exact when W is,
+and z is their sum in float32. Half inputs are used as they are (one dot); float32 W is split
+into three bfloat16 parts by truncation, W = W1 + W2 + W3 exactly (8 + 8 + 8 significand bits;
+truncating never overflows, as rounding the largest floats to bfloat16 would), three dots
+accumulated in float32. G goes to the tensor cores as two TF32 parts, G1 its top 11
+significand bits and G2 = G - G1, which the hardware truncates to 11 bits (it reads the top
+19 bits of a float32): an error below 2^-21 relative per term, under the float32 sums' own
+rounding over 2^n codes.
 
 Against the meet-in-the-middle kernels (triton_mitm.py): the CUDA cores do the same max and
 multiply-add per triple, and z costs tensor-core work (3 x 2 x NB flops per triple in
 float32, 1/3 of that for half inputs) instead of one add folded into the max. No tables,
-no scratch memory. PERFORMANCE.md has what it measures against them.
+no scratch memory. PERFORMANCE.md has what it measures against them. H up to 256: the
+[BLOCK_K, H] tiles of the gradient pass live in shared memory.
 """
 
 from __future__ import annotations
@@ -30,10 +33,12 @@ import math
 
 import torch
 
+from harness.errors import UnsupportedError
 from harness.problems.sick_bide import PartialState, merge_chunks
 from harness.triton_helpers import INTERPRET, jit, tl
 
 _RUNTIME_INTS = ["H", "n_bits", "k_start", "k_stop", "chunks", "codes_per_chunk", "n_items"]
+MAX_HIDDEN = 256   # H = 384 with gradient sums asks for 319 KB of shared memory on the H100 (232 KB there)
 
 
 @jit
@@ -42,6 +47,13 @@ def _code_bits(k, NB: tl.constexpr, n_bits):
     j = tl.arange(0, NB)
     b = tl.where(((k[:, None] >> j[None, :]) & 1) == 1, 1.0, -1.0)
     return tl.where(j[None, :] < n_bits, b, 0.0)
+
+
+@jit
+def _top_bits(x, KEEP: tl.constexpr):
+    """x (float32) with only its sign, exponent and top KEEP - 9 significand bits (truncated)."""
+    mask: tl.constexpr = (0xFFFFFFFF << (32 - KEEP)) & 0xFFFFFFFF
+    return (x.to(tl.uint32, bitcast=True) & mask).to(tl.float32, bitcast=True)
 
 
 @jit
@@ -68,9 +80,9 @@ def _brute_kernel(w_ptr, r_ptr, m_ptr, s_ptr, d_ptr, H, n_bits, k_start, k_stop,
         w_mask = (offs_j[:, None] < n_bits) & (offs_h[None, :] < H)
         wt = tl.load(w_ptr + row * H * n_bits + offs_h[None, :] * n_bits + offs_j[:, None], mask=w_mask, other=0.0)
         if SPLIT:   # float32 W as three bfloat16 parts whose sum is W exactly
-            w1 = wt.to(tl.bfloat16).to(tl.float32)
+            w1 = _top_bits(wt, 16)
             rest = wt - w1
-            w2 = rest.to(tl.bfloat16).to(tl.float32)
+            w2 = _top_bits(rest, 16)
             w3 = (rest - w2).to(PART_DTYPE)
             w1 = w1.to(PART_DTYPE)
             w2 = w2.to(PART_DTYPE)
@@ -97,7 +109,7 @@ def _brute_kernel(w_ptr, r_ptr, m_ptr, s_ptr, d_ptr, H, n_bits, k_start, k_stop,
             m = m_new
             if GRAD:
                 g = tl.where(z > 0, e[:, None], 0.0)                                 # [BLOCK_K, HP]
-                g1 = (g.to(tl.uint32, bitcast=True) & 0xFFFFE000).to(tl.float32, bitcast=True)
+                g1 = _top_bits(g, 19)
                 # A fresh accumulator per block, added on the CUDA cores: chaining d through the
                 # tensor cores' additions over all 2^n codes measured 18x the error of float32 sums.
                 d_block = tl.dot(tl.trans(g - g1), b, input_precision="tf32")
@@ -120,6 +132,9 @@ def partial_state(W: torch.Tensor, r: torch.Tensor, k_start: int, k_stop: int, o
     if block_k < 16 or block_k & (block_k - 1):
         raise ValueError(f"block_k must be a power of two >= 16, got {block_k}")
     batch, hidden, n_bits = W.shape
+    if hidden > MAX_HIDDEN:
+        raise UnsupportedError(f"triton:brute runs hidden <= {MAX_HIDDEN} (its tiles of the hidden units live in "
+                               f"shared memory), got hidden = {hidden}; the default triton config runs any H")
     fused = out.D is not None
     codes = k_stop - k_start
     block_k = min(block_k, _pow2(codes))

@@ -294,7 +294,19 @@ def _pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-def partial_state(
+def partial_state(W: torch.Tensor, r: torch.Tensor, k_start: int, k_stop: int, out: PartialState, *,
+                  design: str = "mitm", **options) -> None:
+    """design "mitm": the tables kernels here (options of `_tables_state`); "brute": tensor-core z
+    (triton_brute.py, its own options). An option of the other design is a TypeError naming it."""
+    if design == "mitm":
+        _tables_state(W, r, k_start, k_stop, out, **options)
+    elif design == "brute":
+        triton_brute.partial_state(W, r, k_start, k_stop, out, **options)
+    else:
+        raise ValueError(f"design must be 'mitm' or 'brute', got {design!r}")
+
+
+def _tables_state(
     W: torch.Tensor,
     r: torch.Tensor,
     k_start: int,
@@ -310,15 +322,7 @@ def partial_state(
     programs_per_sm: int = 2,
     maxnreg: int = 0,
     fused_maxnreg: int = 0,
-    design: str = "mitm",
-    block_k: int = 128,
 ) -> None:
-    if design == "brute":   # tensor-core z (triton_brute.py); the tile options above do not apply
-        triton_brute.partial_state(W, r, k_start, k_stop, out, block_k=block_k, num_warps=num_warps,
-                                   programs_per_sm=programs_per_sm)
-        return
-    if design != "mitm":
-        raise ValueError(f"design must be 'mitm' or 'brute', got {design!r}")
     batch, hidden, n_bits = W.shape
     fused = out.D is not None
     if fused:
@@ -377,7 +381,7 @@ TUNING = [
     {"lo_bits": 4, "num_warps": 8, "fused_lo_bits": 5, "fused_mid_bits": 7},
     {"num_warps": 8, "programs_per_sm": 1},
     {"programs_per_sm": 4, "fused_mid_bits": 9},
-    {"design": "brute", "programs_per_sm": 4},
+    {"design": "brute"},
 ]
 
 
@@ -390,7 +394,7 @@ BACKENDS = [
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
         limits={"n_bits": (1, 32)},
         features=frozenset({"grad", "k_ranges"}),
-        configs={"default": {}, "autotune": {AUTOTUNE: TUNING}, "brute": {"design": "brute", "programs_per_sm": 4}},
+        configs={"default": {}, "autotune": {AUTOTUNE: TUNING}, "brute": {"design": "brute"}},
         unavailable=unavailable,
         priority=10,
         summary="Triton, one fused pass: 3-way meet-in-the-middle tables, r folded in, online softmax",

@@ -109,12 +109,20 @@ def environment(device: str) -> dict[str, Any]:
     else:
         env["device_name"] = platform.processor() or platform.machine()
         env["threads"] = torch.get_num_threads()
-    try:
-        env["commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                       cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
-    except (OSError, subprocess.TimeoutExpired):
-        env["commit"] = None
+    env["commit"] = _commit()
     return env
+
+
+def _commit(where: Path = Path(__file__).parent) -> str | None:
+    """The short commit of the checkout holding `where`, with "+dirty" when tracked files differ
+    from it (results of uncommitted code are not that commit's); None outside a git checkout."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], capture_output=True, text=True, cwd=where, timeout=10).stdout.strip()
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "") if commit else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def problem_notes(problems: Sequence[str] | None = None) -> dict[str, dict[str, Any]]:

@@ -119,6 +119,7 @@ def cases(
     max_work: int = 1 << 17,
     kinds: tuple[str, ...] = KINDS,
     min_scale: float = 0.05,
+    max_scale: float = math.inf,
 ) -> Case:
     """Cases whose float64 oracle stays cheap: batch * 2^n * hidden <= max_work."""
     n_bits = draw(st.integers(min_n_bits, max_n_bits))
@@ -135,7 +136,7 @@ def cases(
         targets_per_row=draw(st.sampled_from([None, 1, 2, 3])),
         dtype=dtype,
         kind=kind,
-        scale=draw(st.floats(min_scale, max(min_scale, _MAX_SCALE[dtype] / math.sqrt(n_bits)))),
+        scale=draw(st.floats(min_scale, max(min_scale, min(max_scale, _MAX_SCALE[dtype] / math.sqrt(n_bits))))),
         edge_targets=draw(st.booleans()),
         seed=draw(st.integers(0, 2**31 - 1)),
     )

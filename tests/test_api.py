@@ -160,10 +160,9 @@ def test_auto_picks_a_runnable_backend():
     assert best.name != "reference"
 
 
-
 def test_triton_option_values_out_of_range_are_refused_by_name():
-    """The triton backend's design and block_k options: a bad value is a ValueError naming the option
-    and what it allows, raised before any kernel runs."""
+    """The triton backend's design options: a bad value is a ValueError naming the option and what it
+    allows, an option of the other design a TypeError naming it, raised before any kernel runs."""
     pytest.importorskip("triton")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     W, r, _ = inputs(device)
@@ -171,3 +170,30 @@ def test_triton_option_values_out_of_range_are_refused_by_name():
         sick_bide.partial_state(W, r, backend="triton", design="tables")
     with pytest.raises(ValueError, match=r"block_k must be a power of two >= 16, got 24"):
         sick_bide.partial_state(W, r, backend="triton", config="brute", block_k=24)
+    with pytest.raises(TypeError, match="block_k"):
+        sick_bide.partial_state(W, r, backend="triton", block_k=64)
+    with pytest.raises(TypeError, match="lo_bits"):
+        sick_bide.partial_state(W, r, backend="triton", config="brute", lo_bits=4)
+
+
+def test_weights_near_the_float32_limit(sick_bide_variant):
+    """W = 3.4e38 (finite, past bfloat16's largest) with r = 2e-38 or 5e-39 (subnormal): z, r relu(z) and the
+    loss are finite and right. n = 1 and two units, so the logits are known: l = 2 for code 0, r_0 W_00 for code 1."""
+    backend, _, device = sick_bide_variant
+    if torch.float32 not in backend.dtypes:
+        pytest.skip(f"{backend.name} has no float32; this case needs its range")
+    W = torch.tensor([[[3.4e38], [-1.0]]], device=device)
+    for r0 in (2.0e-38, 5.0e-39):      # normal, and subnormal (a kernel flushing it to 0 reads r_0 = 0)
+        r = torch.tensor([[r0, 2.0]], device=device)
+        with torch.no_grad():
+            nll, lse = call(sick_bide_variant, W, r, torch.tensor([1], device=device))
+        l_code = torch.tensor([2.0, float(r[0, 0].double() * W[0, 0, 0].double())], dtype=torch.float64)
+        expected = torch.logsumexp(l_code, 0)
+        bound = 8 * torch.finfo(torch.float32).eps * float(expected)
+        right = abs(float(lse) - float(expected)) <= bound and abs(float(nll) - float(expected - l_code[1])) <= bound
+        if r0 < torch.finfo(torch.float32).tiny and backend.name == "cupy":
+            # Known bug, open: the CuPy kernels give NaN (tiles) or drop the term (lo_per_thread) for a
+            # subnormal r on the H100, as if it were flushed to 0 (compiling with -ftz=false did not change it).
+            assert not right, "the CuPy kernels now handle subnormal r: drop this case"
+            pytest.xfail("CuPy kernels mishandle subnormal r (known, open; PERFORMANCE.md)")
+        assert right, (r0, float(lse), float(nll), float(expected), float(expected - l_code[1]))

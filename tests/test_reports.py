@@ -126,3 +126,21 @@ def test_best_table_names_what_an_autotuned_config_picked():
     assert "triton:autotune (mid_bits=9)" in table
     rows["tuned"] = [None, {}]
     assert "triton:autotune (default options)" in html._best_table(rows, rows)
+
+
+def test_rows_name_the_commit_and_whether_the_tree_was_dirty(tmp_path):
+    """A result row's commit says "+dirty" when tracked files differ from it: such rows are not that commit's."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    tracked = repo / "f.txt"
+    tracked.write_text("a")
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                       capture_output=True)
+    git("init", "-q")
+    git("add", "f.txt")
+    git("commit", "-q", "-m", "one")
+    clean = sweep._commit(repo)
+    tracked.write_text("b")
+    assert clean and "+" not in clean and sweep._commit(repo) == clean + "+dirty"
