@@ -197,3 +197,16 @@ def test_weights_near_the_float32_limit(sick_bide_variant):
             assert not right, "the CuPy kernels now handle subnormal r: drop this case"
             pytest.xfail("CuPy kernels mishandle subnormal r (known, open; PERFORMANCE.md)")
         assert right, (r0, float(lse), float(nll), float(expected), float(expected - l_code[1]))
+
+
+def test_cupy_option_values_out_of_range_are_refused_by_name():
+    """The cupy backend's tile options: a bad value is a ValueError naming the option and its range, raised
+    before CuPy is imported or anything is compiled (so this runs without a GPU)."""
+    from backends import cupy_mitm
+
+    W, r = torch.zeros(1, 2, 3), torch.zeros(1, 2)
+    out = sick_bide.empty_state(1, 2, 3, torch.float32, "cpu", want_grad=False)
+    with pytest.raises(ValueError, match=r"tile_min_blocks must be an int in 0\.\.16 .* got -1"):
+        cupy_mitm.partial_state(W, r, 0, 8, out, tile_min_blocks=-1)
+    with pytest.raises(ValueError, match=r"block_lo and fused_block_lo must be 4 or 8, got 6 and"):
+        cupy_mitm.partial_state(W, r, 0, 8, out, block_lo=6)
