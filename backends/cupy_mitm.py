@@ -88,7 +88,7 @@ def _tiles_shared_bytes(hidden: int, fused: bool, block_lo: int) -> int:
     floats = padded * (lo_codes + TILE_Q + TILE_QA + TILE_QB + 4) + TILE_Q + 8
     if not fused:   # forward_floats: P_lo before scaling
         floats += padded * lo_codes
-    if fused:
+    else:
         floats += (hidden * (lo_codes + TILE_Q + 32) + padded * (lo_codes // 32)
                    + units * (TILE_TQ * lo_codes + TILE_TP * TILE_CSTRIDE))
     return 4 * floats

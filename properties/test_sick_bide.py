@@ -214,7 +214,8 @@ def test_batches_past_the_cuda_grid_limit(sick_bide_variant):
     if sick_bide_variant[2] != "cuda":
         pytest.skip("the grid limit is CUDA's; CPU paths loop over rows")
     case = Case(batch=65543, hidden=3, n_bits=4, targets_per_row=2, seed=13)
+    reason = refusal(sick_bide_variant[0], sick_bide_variant[1], case, "cuda")
+    if reason is not None:
+        pytest.skip(reason)
     inputs = case.tensors("cuda")
-    if refusal(sick_bide_variant[0], sick_bide_variant[1], case, "cuda") is not None:
-        pytest.skip(refusal(sick_bide_variant[0], sick_bide_variant[1], case, "cuda"))
     judge(sick_bide_variant, case, inputs, run(sick_bide_variant, inputs))
