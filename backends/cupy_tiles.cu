@@ -7,11 +7,17 @@
 //     qlo[h, p] = c_h P_lo[h, p]                 qhi[h, q] = -c_h (P_mid[h, q] + P_top[h, t])
 //     l[p, q]   = sum_h s_h max(qlo[h, p], qhi[h, q]) + R_mid[q] + R_top[t]      (base 2)
 //
-// since r relu(a + b) = s max(c a, -c b) + r b. The forward kernel moves P_top to the lo side
-// instead (TOP_IN_LO): qlo = c (P_lo + P_top) is rebuilt per tile (P entries per unit, not Q),
-// qhi = -c P_mid is built once per item, and R_top drops out. Each of the 128 threads owns an AP x 8 block of
-// the tile (lo codes AP tp + i, mid codes 8 tq + j), so one hidden unit costs it AP / 4 + 2
-// 16-byte shared loads for 8 AP (max, fma) pairs, with 8 AP independent accumulators.
+// since r relu(a + b) = s max(c a, -c b) + r b. The fused kernel uses that form. The forward kernel
+// uses relu(z) = (z + |z|) / 2 instead, with P_top moved to the lo side (FORWARD):
+//
+//     qlo[h, p] = c'_h (P_lo[h, p] + P_top[h, t])    qhi[h, q] = -c'_h P_mid[h, q]      c' = |r| log2 e / 2
+//     l[p, q]   = sum_{h: r_h > 0} |qlo - qhi| - sum_{h: r_h < 0} |qlo - qhi| + (R_lo[p] + R_top[t] + R_mid[q]) / 2
+//
+// with the units stored by the sign of r (units with r = 0 drop out), so a triple is two FADDs on
+// the FMA pipe (one with |.|) instead of an FMNMX on the half-rate ALU pipe and an FFMA. qlo is
+// rebuilt per tile (P entries per unit, not Q), qhi once per item. Each of the 128 threads owns an
+// AP x 8 block of the tile (lo codes AP tp + i, mid codes 8 tq + j), so one hidden unit costs it
+// AP / 4 + 2 16-byte shared loads for 8 AP pairs, with 8 AP independent accumulators.
 //
 // Gradient sums, D[h, j] = sum_k e_k 1[z_kh > 0] b_kj with e_k = 2^(l_k - m): z > 0 exactly when
 // qlo > qhi (c > 0 keeps the sign, and c P, c (-P) round alike, so exact ties stay ties). With
@@ -100,8 +106,9 @@ __device__ Item make_item(const float* W, const float* r, int H, int n_bits, int
 __host__ __device__ constexpr int padded(int H) { return (H + HG - 1) / HG * HG; }
 // Shared memory, in floats, of a block (the host sizes the launch with the same formulas).
 __host__ __device__ constexpr int table_floats(int H) { return padded(H) * (P + Q + QA + QB + 4) + Q + 8; }
-// The forward kernel's tables add P_lo before scaling, [Hp][P], after the shared ones.
-__host__ __device__ constexpr int forward_floats(int H) { return table_floats(H) + padded(H) * P; }
+// The forward kernel's tables add P_lo before scaling [Hp][P], R_lo [P], the units by slot [Hp] and the
+// number of units with r > 0 and r < 0 [4], after the shared ones.
+__host__ __device__ constexpr int forward_floats(int H) { return table_floats(H) + padded(H) * (P + 1) + P + 4; }
 __host__ __device__ constexpr int grad_floats(int H) {
     return H * (P + Q + 32) + padded(H) * WPH + HG * (TQ * P + TP * CSTRIDE);
 }
@@ -128,7 +135,8 @@ __device__ __forceinline__ float fast_exp2(float x) {   // 2^x, one MUFU.EX2; 2^
 }
 
 struct Tables {
-    float *qlo, *qhi, *pa, *pb, *c, *sg, *r2, *ptop, *rmid, *red, *plo;
+    float *qlo, *qhi, *pa, *pb, *c, *sg, *r2, *ptop, *rmid, *red, *plo, *rlo;
+    int *unit, *signs;   // FORWARD: the unit in each slot (-1: padding); units with r > 0, r < 0
 };
 
 __device__ Tables carve(float* smem, int H) {
@@ -144,7 +152,10 @@ __device__ Tables carve(float* smem, int H) {
     tb.ptop = tb.r2 + Hp;
     tb.rmid = tb.ptop + Hp;      // [Q]
     tb.red = tb.rmid + Q;        // [8]
-    tb.plo = tb.red + 8;         // [Hp][P], TOP_IN_LO only (forward_floats); the fused kernel's g_lo is there
+    tb.plo = tb.red + 8;         // [Hp][P], FORWARD only (forward_floats); the fused kernel's g_lo is there
+    tb.rlo = tb.plo + Hp * P;    // [P]
+    tb.unit = reinterpret_cast<int*>(tb.rlo + P);
+    tb.signs = tb.unit + Hp;
     return tb;
 }
 
@@ -159,34 +170,54 @@ __device__ __forceinline__ void mid_table(const Tables& tb, int Hp, bool with_to
     }
 }
 
-// The item's fixed tables: c, s, r log2 e, P_a, P_b, R_mid and qlo (or, TOP_IN_LO, P_lo and qhi).
-template <bool TOP_IN_LO>
+// The item's fixed tables: c, s, r log2 e, P_a, P_b, R_mid and qlo (or, FORWARD, the slots, R_lo, P_lo
+// and qhi, with c and r log2 e halved). Tables are indexed by slot: the unit itself, or (FORWARD) units
+// with r > 0, then r < 0, then r = 0 (or NaN, kept with r > 0 so that it reaches the logits).
+template <bool FORWARD>
 __device__ void build_tables(const Item& it, const Tables& tb) {
     const int t = threadIdx.x, H = it.H, Hp = padded(H), n_a = min(it.n_mid, 5);
+    const float half = FORWARD ? 0.5f : 1.f;
     for (int h = t; h < Hp; h += THREADS) {
+        int slot = h;
+        if (FORWARD) {
+            if (h < H) {   // slot = the units of earlier classes + the earlier units of this one
+                auto cls = [&](int u) { const float v = it.r[u]; return v < 0.f ? 1 : (v == 0.f ? 2 : 0); };
+                const int mine = cls(h);
+                int before = 0, pos = 0, neg = 0;
+                for (int u = 0; u < H; ++u) {
+                    const int k = cls(u);
+                    pos += k == 0; neg += k == 1;
+                    before += (u < h && k == mine) || k < mine;
+                }
+                slot = before;
+                if (h == 0) { tb.signs[0] = pos; tb.signs[1] = neg; }
+            }
+            tb.unit[slot] = h < H ? h : -1;
+        }
         const float rv = h < H ? it.r[h] : 0.f;
-        tb.r2[h] = rv * LOG2E;
-        tb.c[h] = (rv != 0.f ? fabsf(rv) : 1.f) * LOG2E;
-        tb.sg[h] = rv > 0.f ? 1.f : (rv < 0.f ? -1.f : 0.f);
+        tb.r2[slot] = half * rv * LOG2E;
+        tb.c[slot] = half * (rv != 0.f ? fabsf(rv) : 1.f) * LOG2E;
+        tb.sg[slot] = rv > 0.f ? 1.f : (rv < 0.f ? -1.f : 0.f);
     }
     __syncthreads();
+    auto unit = [&](int slot) { return FORWARD ? tb.unit[slot] : (slot < H ? slot : -1); };
     for (int i = t; i < Hp * P; i += THREADS) {
-        const int h = i / P, p = i % P;
+        const int u = unit(i / P), p = i % P;
         float acc = 0.f;
-        if (h < H) for (int j = 0; j < it.n_lo; ++j) acc += it.W[h * it.n_bits + j] * bitsign(p, j);
-        if (TOP_IN_LO) tb.plo[i] = acc;
-        else tb.qlo[i] = tb.c[h] * acc;
+        if (u >= 0) for (int j = 0; j < it.n_lo; ++j) acc += it.W[u * it.n_bits + j] * bitsign(p, j);
+        if (FORWARD) tb.plo[i] = acc;
+        else tb.qlo[i] = tb.c[i / P] * acc;
     }
     for (int i = t; i < Hp * QA; i += THREADS) {
-        const int h = i / QA, qa = i % QA;
+        const int u = unit(i / QA), qa = i % QA;
         float acc = 0.f;
-        if (h < H) for (int j = 0; j < n_a; ++j) acc += it.W[h * it.n_bits + it.n_lo + j] * bitsign(qa, j);
+        if (u >= 0) for (int j = 0; j < n_a; ++j) acc += it.W[u * it.n_bits + it.n_lo + j] * bitsign(qa, j);
         tb.pa[i] = acc;
     }
     for (int i = t; i < Hp * QB; i += THREADS) {
-        const int h = i / QB, qb = i % QB;
+        const int u = unit(i / QB), qb = i % QB;
         float acc = 0.f;
-        if (h < H) for (int j = n_a; j < it.n_mid; ++j) acc += it.W[h * it.n_bits + it.n_lo + j] * bitsign(qb, j - n_a);
+        if (u >= 0) for (int j = n_a; j < it.n_mid; ++j) acc += it.W[u * it.n_bits + it.n_lo + j] * bitsign(qb, j - n_a);
         tb.pb[i] = acc;
     }
     __syncthreads();
@@ -195,22 +226,30 @@ __device__ void build_tables(const Item& it, const Tables& tb) {
         for (int h = 0; h < H; ++h) acc += tb.r2[h] * (tb.pa[h * QA + q % QA] + tb.pb[h * QB + q / QA]);
         tb.rmid[q] = acc;
     }
-    if (TOP_IN_LO) mid_table(tb, Hp, false);
+    if (FORWARD) {
+        for (int p = t; p < P; p += THREADS) {
+            float acc = 0.f;
+            for (int h = 0; h < H; ++h) acc += tb.r2[h] * tb.plo[h * P + p];
+            tb.rlo[p] = acc;
+        }
+        mid_table(tb, Hp, false);
+    }
 }
 
-// The tables of tile `tile`: P_top, then qhi (or, TOP_IN_LO, qlo = c (P_lo + P_top)); returns R_top
-// (base 2; 0 with TOP_IN_LO). Starts and ends with a barrier.
-template <bool TOP_IN_LO>
+// The tables of tile `tile`: P_top, then qhi (or, FORWARD, qlo = c (P_lo + P_top)); returns R_top
+// (base 2; halved with FORWARD). Starts and ends with a barrier.
+template <bool FORWARD>
 __device__ float tile_tables(const Item& it, const Tables& tb, long long tile) {
     const int t = threadIdx.x, H = it.H, Hp = padded(H), top0 = it.n_lo + it.n_mid;
     __syncthreads();                                   // everyone is done with the last tile's qhi (qlo)
     for (int h = t; h < Hp; h += THREADS) {
+        const int u = FORWARD ? tb.unit[h] : (h < H ? h : -1);
         float acc = 0.f;
-        if (h < H) for (int j = 0; j < it.n_top; ++j) acc += it.W[h * it.n_bits + top0 + j] * bitsign(tile, j);
+        if (u >= 0) for (int j = 0; j < it.n_top; ++j) acc += it.W[u * it.n_bits + top0 + j] * bitsign(tile, j);
         tb.ptop[h] = acc;
     }
     __syncthreads();
-    if (TOP_IN_LO) {
+    if (FORWARD) {
         for (int i = t; i < Hp * (P / 4); i += THREADS) {  // four lo codes at a time
             const int h = i / (P / 4), p = 4 * (i % (P / 4));
             const float4 a = *reinterpret_cast<const float4*>(tb.plo + h * P + p);
@@ -218,10 +257,9 @@ __device__ float tile_tables(const Item& it, const Tables& tb, long long tile) {
             *reinterpret_cast<float4*>(tb.qlo + h * P + p) =
                 make_float4(c * (a.x + top), c * (a.y + top), c * (a.z + top), c * (a.w + top));
         }
-        __syncthreads();
-        return 0.f;
+    } else {
+        mid_table(tb, Hp, true);
     }
-    mid_table(tb, Hp, true);
     float r_top = 0.f;                                 // every warp sums it: no extra barrier
     for (int h = t & 31; h < H; h += 32) r_top += tb.r2[h] * tb.ptop[h];
     r_top = warp_sum(r_top);
@@ -231,23 +269,46 @@ __device__ float tile_tables(const Item& it, const Tables& tb, long long tile) {
 
 // l [AP][BQ] of this thread's block of `tile`; codes outside the tables or outside
 // [k_start, k_stop) are -inf.
+template <bool FORWARD>
 __device__ void tile_logits(const Item& it, const Tables& tb, long long tile, float r_top, float (&l)[AP][BQ]) {
     const int tp = threadIdx.x % TP, tq = threadIdx.x / TP;
     #pragma unroll
     for (int j = 0; j < BQ; ++j) {
         const float base = tb.rmid[tq * BQ + j] + r_top;
         #pragma unroll
-        for (int i = 0; i < AP; ++i) l[i][j] = base;
+        for (int i = 0; i < AP; ++i) l[i][j] = FORWARD ? base + tb.rlo[tp * AP + i] : base;
     }
-    #pragma unroll 4
-    for (int h = 0; h < it.H; ++h) {
-        float a[AP], b[BQ];
-        load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
-        const float s = tb.sg[h];
-        #pragma unroll
-        for (int i = 0; i < AP; ++i)
+    if (FORWARD) {   // units with r > 0 add |qlo - qhi|, units with r < 0 subtract it
+        const int pos = tb.signs[0], signed_units = pos + tb.signs[1];
+        #pragma unroll 4
+        for (int h = 0; h < pos; ++h) {
+            float a[AP], b[BQ];
+            load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
             #pragma unroll
-            for (int j = 0; j < BQ; ++j) l[i][j] = fmaf(s, fmaxf(a[i], b[j]), l[i][j]);
+            for (int i = 0; i < AP; ++i)
+                #pragma unroll
+                for (int j = 0; j < BQ; ++j) l[i][j] += fabsf(a[i] - b[j]);
+        }
+        #pragma unroll 4
+        for (int h = pos; h < signed_units; ++h) {
+            float a[AP], b[BQ];
+            load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
+            #pragma unroll
+            for (int i = 0; i < AP; ++i)
+                #pragma unroll
+                for (int j = 0; j < BQ; ++j) l[i][j] -= fabsf(a[i] - b[j]);
+        }
+    } else {
+        #pragma unroll 4
+        for (int h = 0; h < it.H; ++h) {
+            float a[AP], b[BQ];
+            load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
+            const float s = tb.sg[h];
+            #pragma unroll
+            for (int i = 0; i < AP; ++i)
+                #pragma unroll
+                for (int j = 0; j < BQ; ++j) l[i][j] = fmaf(s, fmaxf(a[i], b[j]), l[i][j]);
+        }
     }
     const int tile_bits = it.n_lo + it.n_mid;
     const bool partial = (1 << it.n_lo) < P || (1 << it.n_mid) < Q;
@@ -289,7 +350,7 @@ extern "C" __global__ void FORWARD_BOUNDS sick_bide_tiles_forward(
     for (long long tile = it.t_begin; tile < it.t_end; ++tile) {
         const float r_top = tile_tables<true>(it, tb, tile);
         float l[AP][BQ];
-        tile_logits(it, tb, tile, r_top, l);
+        tile_logits<true>(it, tb, tile, r_top, l);
         const float m_new = fmaxf(m, block_max(l));
         if (m_new == NEG_INF) continue;                // nothing valid here yet
         float acc = 0.f;
@@ -332,7 +393,7 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
     for (long long tile = it.t_begin; tile < it.t_end; ++tile) {
         const float r_top = tile_tables<false>(it, tb, tile);
         float e[AP][BQ];
-        tile_logits(it, tb, tile, r_top, e);
+        tile_logits<false>(it, tb, tile, r_top, e);
         const float m_new = fmaxf(m, block_reduce(block_max(e), tb.red, true));
         if (m_new == NEG_INF) continue;                // block-uniform: nothing valid here yet
         if (m_new > m) {                               // rescale the accumulators to the new scale

@@ -177,8 +177,9 @@ def test_triton_option_values_out_of_range_are_refused_by_name():
 
 
 def test_weights_near_the_float32_limit(sick_bide_variant):
-    """W = 3.4e38 (finite, past bfloat16's largest) with r = 2e-38 or 5e-39 (subnormal): z, r relu(z) and the
-    loss are finite and right. n = 1 and two units, so the logits are known: l = 2 for code 0, r_0 W_00 for code 1."""
+    """W = 3.4e38 (finite, past bfloat16's largest) with r = 2e-38 or 5e-39 (subnormal, which a kernel flushing
+    subnormals to zero reads as 0): z, r relu(z) and the loss are finite and right. n = 1 and two units, so the
+    logits are known: l = 2 for code 0, r_0 W_00 for code 1."""
     backend, _, device = sick_bide_variant
     if torch.float32 not in backend.dtypes:
         pytest.skip(f"{backend.name} has no float32; this case needs its range")
@@ -191,12 +192,21 @@ def test_weights_near_the_float32_limit(sick_bide_variant):
         expected = torch.logsumexp(l_code, 0)
         bound = 8 * torch.finfo(torch.float32).eps * float(expected)
         right = abs(float(lse) - float(expected)) <= bound and abs(float(nll) - float(expected - l_code[1])) <= bound
-        if r0 < torch.finfo(torch.float32).tiny and backend.name == "cupy":
-            # Known bug, open: the CuPy kernels give NaN (tiles) or drop the term (lo_per_thread) for a
-            # subnormal r on the H100, as if it were flushed to 0 (compiling with -ftz=false did not change it).
-            assert not right, "the CuPy kernels now handle subnormal r: drop this case"
-            pytest.xfail("CuPy kernels mishandle subnormal r (known, open; PERFORMANCE.md)")
         assert right, (r0, float(lse), float(nll), float(expected), float(expected - l_code[1]))
+
+
+def test_subnormal_logits_keep_their_gradient_mask(sick_bide_variant):
+    """z = +-1e-39 (subnormal): the gradient mask 1[z > 0] is 1 for code 1, so d nll / dW is exactly -1/2
+    (n = 1, one unit, r = 1, target 1; the two codes are equally likely to float32's precision). A kernel
+    that flushes subnormals to zero reads z = 0 and gives -1."""
+    backend, _, device = sick_bide_variant
+    if torch.float32 not in backend.dtypes:
+        pytest.skip(f"{backend.name} has no float32; this case needs its range")
+    W = torch.tensor([[[1.0e-39]]], device=device, requires_grad=True)
+    r = torch.tensor([[1.0]], device=device, requires_grad=True)
+    nll, _ = call(sick_bide_variant, W, r, torch.tensor([1], device=device))
+    nll.sum().backward()
+    assert abs(float(W.grad[0, 0, 0]) + 0.5) <= 8 * torch.finfo(torch.float32).eps, float(W.grad[0, 0, 0])
 
 
 def test_cupy_option_values_out_of_range_are_refused_by_name():
