@@ -60,15 +60,22 @@ _RUNTIME_INTS = ["H", "n_bits", "n_lo", "n_mid", "n_top", "k_start", "k_stop", "
 
 
 @jit
-def _fold_r(r):
-    """r -> (c log2 e / 2, sign r): c = |r|, or 1 where r = 0 (the gradient mask needs c > 0)."""
-    c = tl.where(r != 0, tl.abs(r), 1.0) * (0.5 * 1.4426950408889634)
+def _fold_r(r, ABS: tl.constexpr):
+    """r -> (c log2 e, sign r): c = |r|, or 1 where r = 0 (the gradient mask needs c > 0); halved
+    for the abs form (`_tile_logits`)."""
+    c = tl.where(r != 0, tl.abs(r), 1.0) * (_scale(ABS) * 1.4426950408889634)
     return c, tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, 0.0))
 
 
 @jit
-def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid,
-                  HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr):
+def _scale(ABS: tl.constexpr):
+    """The tables' factor: 1/2 for the abs form, whose tables hold half of r z and |r z|."""
+    return 0.5 if ABS else 1.0
+
+
+@jit
+def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexpr, BLOCK_LO: tl.constexpr,
+                  BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr, ABS: tl.constexpr):
     """Write Qlo [H, BLOCK_LO], P_mid [H, BLOCK_MID], R_mid [BLOCK_MID] and R_lo [BLOCK_LO] of one row
     to scratch, HB hidden units at a time."""
     offs_lo = tl.arange(0, BLOCK_LO)
@@ -82,13 +89,14 @@ def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid,
         offs_h = h0 + tl.arange(0, HB)
         h_ok = offs_h < H
         r = tl.load(r_row + offs_h, mask=h_ok, other=0.0)
-        c, _ = _fold_r(r)
+        c, _ = _fold_r(r, ABS)
         p_lo = tl.zeros([HB, BLOCK_LO], tl.float32)
         for j in range(n_lo):
             bit = tl.where((offs_lo >> j) & 1 == 1, 1.0, -1.0)
             p_lo += tl.load(w_row + offs_h * n_bits + j, mask=h_ok, other=0.0)[:, None] * bit[None, :]
         tl.store(scratch + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], c[:, None] * p_lo, mask=h_ok[:, None])
-        r_lo += tl.sum(r[:, None] * p_lo, axis=0)
+        if ABS:
+            r_lo += tl.sum(r[:, None] * p_lo, axis=0)
         # P_mid = P_a[low bits of q] + P_b[high bits of q]: two small FMA tables, one add per entry.
         p_a = tl.zeros([HB, 1 << MID_A_BITS], tl.float32)
         p_b = tl.zeros([HB, BLOCK_MID >> MID_A_BITS], tl.float32)
@@ -102,13 +110,14 @@ def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid,
         tl.store(mid_table + offs_h[:, None, None] * BLOCK_MID + offs_q[None, :, :], p_mid,
                  mask=h_ok[:, None, None])
         r_mid += tl.sum(r[:, None, None] * p_mid, axis=0)
-    tl.store(mid_table + H * BLOCK_MID + offs_q, r_mid * (0.5 * 1.4426950408889634))
-    tl.store(mid_table + H * BLOCK_MID + BLOCK_MID + H + offs_lo, r_lo * (0.5 * 1.4426950408889634))
+    tl.store(mid_table + H * BLOCK_MID + offs_q, r_mid * (_scale(ABS) * 1.4426950408889634))
+    if ABS:
+        tl.store(mid_table + H * BLOCK_MID + BLOCK_MID + H + offs_lo, r_lo * (0.5 * 1.4426950408889634))
 
 
 @jit
 def _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB: tl.constexpr,
-              BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
+              BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, ABS: tl.constexpr):
     """Write P_top [H] of `tile` to scratch; return R_top / 2 (base 2)."""
     tl.debug_barrier()  # every thread is done with the previous tile's P_top
     r_top = 0.0
@@ -122,13 +131,14 @@ def _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB: tl
         tl.store(scratch + H * (BLOCK_LO + BLOCK_MID) + BLOCK_MID + offs_h, p_top, mask=h_ok)
         r_top += tl.sum(tl.load(r_row + offs_h, mask=h_ok, other=0.0) * p_top, axis=0)
     tl.debug_barrier()
-    return r_top * (0.5 * 1.4426950408889634)
+    return r_top * (_scale(ABS) * 1.4426950408889634)
 
 
 @jit
-def _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
+def _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr,
+                 ABS: tl.constexpr):
     """(Qlo [BLOCK_LO], Qhi [BLOCK_MID], s) of hidden unit h of the current tile."""
-    c, sgn = _fold_r(tl.load(r_row + h))
+    c, sgn = _fold_r(tl.load(r_row + h), ABS)
     p_top = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID) + BLOCK_MID + h)
     q_lo = tl.load(scratch + h * BLOCK_LO + offs_lo)
     q_hi = -c * (tl.load(scratch + H * BLOCK_LO + h * BLOCK_MID + offs_mid) + p_top)
@@ -141,12 +151,12 @@ def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, e
     """l [BLOCK_LO, BLOCK_MID] of `tile` in base 2. On an edge tile (the range's first or last,
     or tables padded past 2^n) codes outside the tables or outside [k_start, k_stop) are -inf.
 
-    The tables hold half the module docstring's (c, R_mid and R_top halved) and R_lo. ABS (the
-    forward): r relu(z) = r z / 2 + s |r| |z| / 2, the linear half R_lo + R_mid + R_top and
-    |Qlo - Qhi| = |r| |z| log2 e / 2 added or subtracted by the sign of r (a branch the whole
-    program takes), so a triple is two adds on the FMA pipe instead of a max on the half-rate
-    ALU pipe and a multiply-add: 3-4% faster forward on the H100. Otherwise (the fused kernel,
-    where it measured 6% slower) the max form, doubled at the end: an exact scaling."""
+    ABS (the forward kernel): r relu(z) = r z / 2 + s |r| |z| / 2. Its tables hold half the module
+    docstring's (c, R_mid and R_top halved) and R_lo; the linear half is R_lo + R_mid + R_top, and
+    |Qlo - Qhi| = |r| |z| log2 e / 2 is added or subtracted by the sign of r (a branch the whole
+    program takes), so a triple is two adds on the FMA pipe instead of a max on the half-rate ALU
+    pipe and a multiply-add: 3-4% faster on the H100. Otherwise (the fused kernel, where the abs
+    form measured 5% slower at B = 16384) the module docstring's max form."""
     offs_lo = tl.arange(0, BLOCK_LO)
     offs_mid = tl.arange(0, BLOCK_MID)
     r_mid = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID) + offs_mid)
@@ -155,16 +165,15 @@ def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, e
         r_lo = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID + offs_lo)
         acc += r_lo[:, None]
         for h in range(0, H):
-            q_lo, q_hi, sgn = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID)
+            q_lo, q_hi, sgn = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID, ABS)
             if sgn > 0:
                 acc += tl.abs(q_lo[:, None] - q_hi[None, :])
             elif sgn < 0:
                 acc -= tl.abs(q_lo[:, None] - q_hi[None, :])
     else:
         for h in range(0, H):
-            q_lo, q_hi, sgn = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID)
+            q_lo, q_hi, sgn = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID, ABS)
             acc += sgn * tl.maximum(q_lo[:, None], q_hi[None, :])
-        acc = 2.0 * acc
     if edge:
         codes = (tl.cast(tile, tl.int64) << (n_lo + n_mid)) + (offs_mid[None, :].to(tl.int64) << n_lo) \
             + offs_lo[:, None]
@@ -185,12 +194,13 @@ def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr,
         row = tl.cast(item // chunks, tl.int64)
         w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
         tl.debug_barrier()  # the previous item's readers are done with the tables
-        _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS)
+        _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS, True)
         m_col = tl.full([BLOCK_MID], -float("inf"), tl.float32)
         s_col = tl.zeros([BLOCK_MID], tl.float32)
         t0 = first_tile + (item % chunks) * tiles_per_chunk
         for tile in range(t0, tl.minimum(t0 + tiles_per_chunk, last_tile + 1)):
-            r_top = _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB, BLOCK_LO, BLOCK_MID)
+            r_top = _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB, BLOCK_LO, BLOCK_MID,
+                              True)
             edge = (tile == first_tile) | (tile == last_tile) | padded
             l = _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge,
                              BLOCK_LO, BLOCK_MID, True)
@@ -255,7 +265,7 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
     and G_mid [H, BLOCK_MID] (rescaled by alpha) and into D's top bits; G_lo and G_mid
     become D's lo and mid bits once per work item.
     """
-    tables = H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID + BLOCK_LO
+    tables = H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID
     scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * (tables + 2 * H * (BLOCK_LO + BLOCK_MID))
     stage_lo = scratch + tables
     stage_mid = stage_lo + H * BLOCK_LO
@@ -270,13 +280,14 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
         w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
         d_item = d_ptr + tl.cast(item, tl.int64) * H * n_bits
         tl.debug_barrier()
-        _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS)
+        _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS, False)
         m = -float("inf")
         s = 0.0
         t0 = first_tile + (item % chunks) * tiles_per_chunk
         t1 = tl.minimum(t0 + tiles_per_chunk, last_tile + 1)
         for tile in range(t0, t1):
-            r_top = _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB, BLOCK_LO, BLOCK_MID)
+            r_top = _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB, BLOCK_LO, BLOCK_MID,
+                              False)
             edge = (tile == first_tile) | (tile == last_tile) | padded
             l = _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge,
                              BLOCK_LO, BLOCK_MID, False)
@@ -286,7 +297,7 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
             s = s * alpha + tl.sum(tl.sum(e, axis=1), axis=0)
             m = m_new
             for h in range(0, H):
-                q_lo, q_hi, _ = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID)
+                q_lo, q_hi, _ = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID, False)
                 A = tl.where(q_lo[:, None] > q_hi[None, :], e, 0.0)                   # [BLOCK_LO, BLOCK_MID]
                 tl.store(stage_lo + h * BLOCK_LO + offs_lo, tl.sum(A, axis=1))
                 tl.store(stage_mid + h * BLOCK_MID + offs_mid, tl.sum(A, axis=0))
