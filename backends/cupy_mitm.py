@@ -128,10 +128,11 @@ def partial_state(
     blocks_per_sm: int = 4,
     min_blocks: int = 6,
     fused_min_blocks: int = 3,
-    tile_min_blocks: int = 6,
+    tile_min_blocks: int = 0,
 ) -> None:
     # tile_min_blocks: the tiles forward's registers capped so that this many blocks fit per SM (0: the
-    # compiler's choice); 6 measured 2-5% faster than uncapped on the H100 at block_lo = 4 (PERFORMANCE.md).
+    # compiler's choice, 94 registers and 5 blocks at block_lo = 4). A cap of 6 was 2-5% faster for the
+    # max form; with the abs form, uncapped is faster (PERFORMANCE.md).
     if fused_block_lo is None:   # 8 x 8 blocks pay once the 128 mid codes of a tile are all real (n >= 13)
         fused_block_lo = 8 if W.shape[2] >= 13 else 4
     if tiles and {block_lo, fused_block_lo} - {4, 8}:
@@ -210,6 +211,7 @@ TUNING = [
     {"fused_block_lo": 8},
     {"blocks_per_sm": 8},
     {"blocks_per_sm": 2},
+    {"tile_min_blocks": 6},   # the forward's register cap: 5% faster at n = 20, B = 256; slower at B >= 1024
 ]
 
 
