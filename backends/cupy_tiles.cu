@@ -1,13 +1,14 @@
 // SICK-BIDE partial states in CUDA C, register-tiled (the `cupy` backend's `tiles` kernels).
 //
 // A code k = (t << (n_lo + n_mid)) | (q << n_lo) | p. A tile is every (p, q) for one top
-// pattern t: P = 8 AP lo codes x Q = 128 mid codes (AP = 4 or 8, a compile-time option). With r folded into meet-in-the-middle tables
-// (c = |r| log2 e, or log2 e where r = 0; s = sign r):
+// pattern t: P = 8 AP lo codes x Q = 128 mid codes (AP = 4 or 8, a compile-time option). With r
+// folded into meet-in-the-middle tables (c = |r| log2 e, or log2 e where r = 0; s = sign r):
 //
 //     qlo[h, p] = c_h P_lo[h, p]                 qhi[h, q] = -c_h (P_mid[h, q] + P_top[h, t])
 //     l[p, q]   = sum_h s_h max(qlo[h, p], qhi[h, q]) + R_mid[q] + R_top[t]      (base 2)
 //
-// since r relu(a + b) = s max(c a, -c b) + r b. The fused kernel uses that form. The forward kernel
+// since r relu(a + b) = s max(c a, -c b) + r b. The fused kernel uses that form (the one below
+// measured 3-17% slower there, PERFORMANCE.md). The forward kernel
 // uses relu(z) = (z + |z|) / 2 instead, with P_top moved to the lo side (FORWARD):
 //
 //     qlo[h, p] = c'_h (P_lo[h, p] + P_top[h, t])    qhi[h, q] = -c'_h P_mid[h, q]      c' = |r| log2 e / 2

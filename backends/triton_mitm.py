@@ -12,7 +12,9 @@ into the tables (c_h = |r_h|, or 1 where r_h = 0, and s_h = sign r_h, so s_h c_h
     l[p, q] = sum_h s_h max(Qlo[h, p], Qhi[h, q]) + R_mid[q] + R_top
 
 with R_mid[q] = sum_h r_h P_mid[h, q] and R_top = sum_h r_h P_top[h, t]: one max and one
-multiply-add per (row, code, hidden) triple, the hidden sum inside each thread. The
+multiply-add per (row, code, hidden) triple, the hidden sum inside each thread. The forward
+kernel sums relu(z) = (z + |z|) / 2 instead (`_tile_logits`): two adds per triple, both on
+the FMA pipe, 1-4% faster on the H100; the fused kernel keeps the form above. The
 mask of the gradient sums is the same comparison, 1[z > 0] = 1[Qlo > Qhi]: c > 0 keeps
 the sign of z, and ties stay exact (c P and c (-P) round alike). Logits are kept in
 base 2 (c and r carry log2 e) so each exponential is one ex2. Online softmax:
@@ -76,8 +78,8 @@ def _scale(ABS: tl.constexpr):
 @jit
 def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexpr, BLOCK_LO: tl.constexpr,
                   BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr, ABS: tl.constexpr):
-    """Write Qlo [H, BLOCK_LO], P_mid [H, BLOCK_MID], R_mid [BLOCK_MID] and R_lo [BLOCK_LO] of one row
-    to scratch, HB hidden units at a time."""
+    """Write Qlo [H, BLOCK_LO], P_mid [H, BLOCK_MID], R_mid [BLOCK_MID] and (ABS) R_lo [BLOCK_LO] of one
+    row to scratch, HB hidden units at a time."""
     offs_lo = tl.arange(0, BLOCK_LO)
     offs_a = tl.arange(0, 1 << MID_A_BITS)
     offs_b = tl.arange(0, BLOCK_MID >> MID_A_BITS)
