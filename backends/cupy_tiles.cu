@@ -137,7 +137,7 @@ __device__ __forceinline__ float fast_exp2(float x) {   // 2^x, one MUFU.EX2; 2^
 
 struct Tables {
     float *qlo, *qhi, *pa, *pb, *c, *sg, *r2, *ptop, *rmid, *red, *plo, *rlo;
-    int *unit, *signs;   // FORWARD: the unit in each slot (-1: padding); units with r > 0, r < 0
+    int *unit, *signs;   // FORWARD: the unit in each slot (-1: padding); units with r > 0, r < 0; max form
 };
 
 __device__ Tables carve(float* smem, int H) {
@@ -178,6 +178,7 @@ template <bool FORWARD>
 __device__ void build_tables(const Item& it, const Tables& tb) {
     const int t = threadIdx.x, H = it.H, Hp = padded(H), n_a = min(it.n_mid, 5);
     const float half = FORWARD ? 0.5f : 1.f;
+    int risky = 0;
     for (int h = t; h < Hp; h += THREADS) {
         int slot = h;
         if (FORWARD) {
@@ -196,11 +197,17 @@ __device__ void build_tables(const Item& it, const Tables& tb) {
             tb.unit[slot] = h < H ? h : -1;
         }
         const float rv = h < H ? it.r[h] : 0.f;
-        tb.r2[slot] = half * rv * LOG2E;
-        tb.c[slot] = half * (rv != 0.f ? fabsf(rv) : 1.f) * LOG2E;
+        tb.r2[slot] = rv * (half * LOG2E);                 // one rounding: r = 2^-149 stays nonzero
+        tb.c[slot] = (rv != 0.f ? fabsf(rv) : 1.f) * (half * LOG2E);
         tb.sg[slot] = rv > 0.f ? 1.f : (rv < 0.f ? -1.f : 0.f);
+        if (FORWARD && h < H) {   // can a table, |qlo - qhi| or a sum of them overflow? (H <= 64 = 2^6)
+            float norm = 0.f;
+            for (int j = 0; j < it.n_bits; ++j) norm += fabsf(it.W[h * it.n_bits + j]);
+            risky |= !(norm <= 0x1p124f && tb.c[slot] * norm <= 0x1p118f);
+        }
     }
-    __syncthreads();
+    risky = __syncthreads_or(risky);
+    if (FORWARD && t == 0) tb.signs[2] = risky;
     auto unit = [&](int slot) { return FORWARD ? tb.unit[slot] : (slot < H ? slot : -1); };
     for (int i = t; i < Hp * P; i += THREADS) {
         const int u = unit(i / P), p = i % P;
@@ -273,31 +280,52 @@ __device__ float tile_tables(const Item& it, const Tables& tb, long long tile) {
 template <bool FORWARD>
 __device__ void tile_logits(const Item& it, const Tables& tb, long long tile, float r_top, float (&l)[AP][BQ]) {
     const int tp = threadIdx.x % TP, tq = threadIdx.x / TP;
+    // The abs form's infinities do not cancel: where a unit's z overflows to -inf, its linear half
+    // and |z| are -+inf and their sum is NaN, not 0. Rows whose tables could overflow (tb.signs[2])
+    // take the max form on the same (halved) tables instead: l = 2 (sum_h s max(qlo, qhi) + R_mid),
+    // whose max(-inf, x) = x has the right limit.
+    const bool max_form = !FORWARD || tb.signs[2];
     #pragma unroll
     for (int j = 0; j < BQ; ++j) {
-        const float base = tb.rmid[tq * BQ + j] + r_top;
+        const float base = tb.rmid[tq * BQ + j] + (FORWARD && max_form ? 0.f : r_top);
         #pragma unroll
-        for (int i = 0; i < AP; ++i) l[i][j] = FORWARD ? base + tb.rlo[tp * AP + i] : base;
+        for (int i = 0; i < AP; ++i) l[i][j] = max_form ? base : base + tb.rlo[tp * AP + i];
     }
-    if (FORWARD) {   // units with r > 0 add |qlo - qhi|, units with r < 0 subtract it
+    if (FORWARD) {   // units with r > 0 add |qlo - qhi| (max), units with r < 0 subtract it
         const int pos = tb.signs[0], signed_units = pos + tb.signs[1];
-        #pragma unroll 4
-        for (int h = 0; h < pos; ++h) {
-            float a[AP], b[BQ];
-            load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
+        if (!max_form) {
+            #pragma unroll 4
+            for (int h = 0; h < pos; ++h) {
+                float a[AP], b[BQ];
+                load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
+                #pragma unroll
+                for (int i = 0; i < AP; ++i)
+                    #pragma unroll
+                    for (int j = 0; j < BQ; ++j) l[i][j] += fabsf(a[i] - b[j]);
+            }
+            #pragma unroll 4
+            for (int h = pos; h < signed_units; ++h) {
+                float a[AP], b[BQ];
+                load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
+                #pragma unroll
+                for (int i = 0; i < AP; ++i)
+                    #pragma unroll
+                    for (int j = 0; j < BQ; ++j) l[i][j] -= fabsf(a[i] - b[j]);
+            }
+        } else {
+            for (int h = 0; h < signed_units; ++h) {
+                float a[AP], b[BQ];
+                load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
+                const float s = h < pos ? 1.f : -1.f;
+                #pragma unroll
+                for (int i = 0; i < AP; ++i)
+                    #pragma unroll
+                    for (int j = 0; j < BQ; ++j) l[i][j] = fmaf(s, fmaxf(a[i], b[j]), l[i][j]);
+            }
             #pragma unroll
             for (int i = 0; i < AP; ++i)
                 #pragma unroll
-                for (int j = 0; j < BQ; ++j) l[i][j] += fabsf(a[i] - b[j]);
-        }
-        #pragma unroll 4
-        for (int h = pos; h < signed_units; ++h) {
-            float a[AP], b[BQ];
-            load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
-            #pragma unroll
-            for (int i = 0; i < AP; ++i)
-                #pragma unroll
-                for (int j = 0; j < BQ; ++j) l[i][j] -= fabsf(a[i] - b[j]);
+                for (int j = 0; j < BQ; ++j) l[i][j] *= 2.f;
         }
     } else {
         #pragma unroll 4

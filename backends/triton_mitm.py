@@ -76,6 +76,23 @@ def _scale(ABS: tl.constexpr):
 
 
 @jit
+def _abs_risky(w_row, r_row, H, n_bits, HB: tl.constexpr):
+    """1 if a table of the abs form, |Qlo - Qhi| or a sum of them could overflow for this row (H sums
+    of at most 2^118 each), else 0; NaN counts as a risk."""
+    risky = 0
+    for h0 in range(0, H, HB):
+        offs_h = h0 + tl.arange(0, HB)
+        h_ok = offs_h < H
+        c, _ = _fold_r(tl.load(r_row + offs_h, mask=h_ok, other=0.0), True)
+        norm = tl.zeros([HB], tl.float32)
+        for j in range(n_bits):
+            norm += tl.abs(tl.load(w_row + offs_h * n_bits + j, mask=h_ok, other=0.0))
+        safe = (norm <= 2.0**124) & (c * norm <= 2.0**118)
+        risky = tl.maximum(risky, tl.max(tl.where(h_ok & ~safe, 1, 0), axis=0))
+    return risky
+
+
+@jit
 def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexpr, BLOCK_LO: tl.constexpr,
                   BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr, ABS: tl.constexpr):
     """Write Qlo [H, BLOCK_LO], P_mid [H, BLOCK_MID], R_mid [BLOCK_MID] and (ABS) R_lo [BLOCK_LO] of one
@@ -120,7 +137,7 @@ def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexp
 @jit
 def _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB: tl.constexpr,
               BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, ABS: tl.constexpr):
-    """Write P_top [H] of `tile` to scratch; return R_top / 2 (base 2)."""
+    """Write P_top [H] of `tile` to scratch; return R_top (base 2; halved with ABS)."""
     tl.debug_barrier()  # every thread is done with the previous tile's P_top
     r_top = 0.0
     for h0 in range(0, H, HB):
@@ -148,7 +165,7 @@ def _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO: tl.constexpr
 
 
 @jit
-def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge,
+def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge, max_form,
                  BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, ABS: tl.constexpr):
     """l [BLOCK_LO, BLOCK_MID] of `tile` in base 2. On an edge tile (the range's first or last,
     or tables padded past 2^n) codes outside the tables or outside [k_start, k_stop) are -inf.
@@ -157,13 +174,16 @@ def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, e
     docstring's (c, R_mid and R_top halved) and R_lo; the linear half is R_lo + R_mid + R_top, and
     |Qlo - Qhi| = |r| |z| log2 e / 2 is added or subtracted by the sign of r (a branch the whole
     program takes), so a triple is two adds on the FMA pipe instead of a max on the half-rate ALU
-    pipe and a multiply-add: 3-4% faster on the H100. Otherwise (the fused kernel, where the abs
-    form measured 5% slower at B = 16384) the module docstring's max form."""
+    pipe and a multiply-add: 1-4% faster on the H100. Its infinities do not cancel, though: where z
+    overflows to -inf the linear half and |z| are -+inf and their sum is NaN, not 0. A row whose
+    tables could overflow (`max_form`, from `_abs_risky`) takes the max form on the halved tables,
+    doubled at the end (exact). The fused kernel always takes the max form: there the shared
+    halved tables measured 5% slower."""
     offs_lo = tl.arange(0, BLOCK_LO)
     offs_mid = tl.arange(0, BLOCK_MID)
     r_mid = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID) + offs_mid)
     acc = tl.zeros([BLOCK_LO, BLOCK_MID], dtype=tl.float32) + (r_mid[None, :] + r_top)
-    if ABS:
+    if ABS and max_form == 0:
         r_lo = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID + offs_lo)
         acc += r_lo[:, None]
         for h in range(0, H):
@@ -176,6 +196,8 @@ def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, e
         for h in range(0, H):
             q_lo, q_hi, sgn = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID, ABS)
             acc += sgn * tl.maximum(q_lo[:, None], q_hi[None, :])
+        if ABS:
+            acc = 2.0 * acc
     if edge:
         codes = (tl.cast(tile, tl.int64) << (n_lo + n_mid)) + (offs_mid[None, :].to(tl.int64) << n_lo) \
             + offs_lo[:, None]
@@ -197,6 +219,7 @@ def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr,
         w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
         tl.debug_barrier()  # the previous item's readers are done with the tables
         _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS, True)
+        max_form = _abs_risky(w_row, r_row, H, n_bits, HB)
         m_col = tl.full([BLOCK_MID], -float("inf"), tl.float32)
         s_col = tl.zeros([BLOCK_MID], tl.float32)
         t0 = first_tile + (item % chunks) * tiles_per_chunk
@@ -204,7 +227,7 @@ def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr,
             r_top = _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB, BLOCK_LO, BLOCK_MID,
                               True)
             edge = (tile == first_tile) | (tile == last_tile) | padded
-            l = _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge,
+            l = _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge, max_form,
                              BLOCK_LO, BLOCK_MID, True)
             m_new = tl.maximum(m_col, tl.max(l, axis=0))
             if edge:  # a column that has seen only -inf keeps m = -inf, where 2^(m - m') would be NaN
@@ -291,7 +314,7 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
             r_top = _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB, BLOCK_LO, BLOCK_MID,
                               False)
             edge = (tile == first_tile) | (tile == last_tile) | padded
-            l = _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge,
+            l = _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge, 1,
                              BLOCK_LO, BLOCK_MID, False)
             m_new = tl.maximum(m, tl.max(tl.max(l, axis=1), axis=0))
             alpha = tl.exp2(m - m_new)
@@ -381,9 +404,11 @@ def _tables_state(
     chunks = math.ceil(n_tiles / tiles_per_chunk)   # no empty chunk: every item owes a state
     n_items = batch * chunks
     grid = (min(n_items, slots),)
-    per_program = hidden * (block_lo + block_mid + 1) + block_mid + block_lo
+    per_program = hidden * (block_lo + block_mid + 1) + block_mid
     if fused:  # staged marginals and their accumulators
         per_program += 2 * hidden * (block_lo + block_mid)
+    else:      # R_lo of the abs form
+        per_program += block_lo
     scratch = torch.empty(grid[0], per_program, dtype=torch.float32, device=W.device)
     direct = chunks == 1
     m_ws = out.m if direct else torch.empty(batch, chunks, dtype=torch.float32, device=W.device)

@@ -195,6 +195,49 @@ def test_weights_near_the_float32_limit(sick_bide_variant):
         assert right, (r0, float(lse), float(nll), float(expected), float(expected - l_code[1]))
 
 
+def _overflowing_pre_activations(device):
+    """W = [2e38, 2e38], r = -1: z = +-4e38 overflows float32 for two of the four codes (and is an exact 0
+    for the other two, in any summation order), yet every logit -relu(z) has a finite limit: 0 where
+    z = -inf, -inf where z = +inf. So lse = log 3 and the gradients are 0. A kernel summing
+    r z / 2 + |r| |z| / 2 over tables gets inf - inf = NaN there. With the float64 reference's answer."""
+    W = torch.tensor([[[2.0e38, 2.0e38]]], device=device)
+    r = torch.tensor([[-1.0]], device=device)
+    targets = torch.tensor([[0, 1]], device=device)   # z = -4e38 and 0: l = 0 for both
+    ref_W, ref_r = W.double().cpu().requires_grad_(), r.double().cpu().requires_grad_()
+    ref_nll, ref_lse = sick_bide.loss(ref_W, ref_r, targets.cpu(), backend="reference")
+    (ref_nll.sum() + ref_lse.sum()).backward()
+    return W, r, targets, ref_nll.detach(), ref_lse.detach(), ref_W.grad, ref_r.grad
+
+
+def test_pre_activations_past_float32_give_the_finite_loss(sick_bide_variant):
+    backend, _, device = sick_bide_variant
+    if torch.float32 not in backend.dtypes:
+        pytest.skip(f"{backend.name} has no float32; this case needs its range")
+    W, r, targets, ref_nll, ref_lse, _, _ = _overflowing_pre_activations(device)
+    tol = 8 * torch.finfo(torch.float32).eps
+    with torch.no_grad():                               # the forward-only kernels
+        nll, lse = call(sick_bide_variant, W, r, targets)
+    torch.testing.assert_close(lse.double().cpu(), ref_lse, rtol=tol, atol=tol)
+    torch.testing.assert_close(nll.double().cpu(), ref_nll, rtol=tol, atol=tol)
+
+
+def test_pre_activations_past_float32_give_finite_gradients(sick_bide_variant):
+    backend, _, device = sick_bide_variant
+    if torch.float32 not in backend.dtypes:
+        pytest.skip(f"{backend.name} has no float32; this case needs its range")
+    if "loss" in backend.kernels:   # README, backends: the float32 reference's known limit
+        pytest.skip(f"{backend.name} differentiates with plain autograd: its dr sums relu(z) g = inf * 0 = NaN")
+    W, r, targets, ref_nll, ref_lse, ref_dW, ref_dr = _overflowing_pre_activations(device)
+    tol = 8 * torch.finfo(torch.float32).eps
+    W_, r_ = W.clone().requires_grad_(), r.clone().requires_grad_()
+    nll, lse = call(sick_bide_variant, W_, r_, targets)    # the fused kernels
+    (nll.sum() + lse.sum()).backward()
+    torch.testing.assert_close(lse.detach().double().cpu(), ref_lse, rtol=tol, atol=tol)
+    torch.testing.assert_close(nll.detach().double().cpu(), ref_nll, rtol=tol, atol=tol)
+    torch.testing.assert_close(W_.grad.double().cpu(), ref_dW, rtol=tol, atol=tol)
+    torch.testing.assert_close(r_.grad.double().cpu(), ref_dr, rtol=tol, atol=tol)
+
+
 def test_subnormal_logits_keep_their_gradient_mask(sick_bide_variant):
     """z = +-1e-39 (subnormal): the gradient mask 1[z > 0] is 1 for code 1, so d nll / dW is exactly -1/2
     (n = 1, one unit, r = 1, target 1; the two codes are equally likely to float32's precision). A kernel
