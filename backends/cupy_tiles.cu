@@ -8,7 +8,7 @@
 //     l[p, q]   = sum_h s_h max(qlo[h, p], qhi[h, q]) + R_mid[q] + R_top[t]      (base 2)
 //
 // since r relu(a + b) = s max(c a, -c b) + r b. The fused kernel uses that form (the one below
-// measured 3-17% slower there, PERFORMANCE.md). The forward kernel
+// measured slower there at B = 16384: 3% at H = 32, 17% at H = 64; PERFORMANCE.md). The forward kernel
 // uses relu(z) = (z + |z|) / 2 instead, with P_top moved to the lo side (FORWARD):
 //
 //     qlo[h, p] = c'_h (P_lo[h, p] + P_top[h, t])    qhi[h, q] = -c'_h P_mid[h, q]      c' = |r| log2 e / 2
