@@ -13,11 +13,12 @@ into the tables (c_h = |r_h|, or 1 where r_h = 0, and s_h = sign r_h, so s_h c_h
 
 with R_mid[q] = sum_h r_h P_mid[h, q] and R_top = sum_h r_h P_top[h, t]: one max and one
 multiply-add per (row, code, hidden) triple, the hidden sum inside each thread. The forward
-kernel sums relu(z) = (z + |z|) / 2 instead (`_tile_logits`): two adds per triple, both on
-the FMA pipe, 1-4% faster on the H100; the fused kernel keeps the form above. The
-mask of the gradient sums is the same comparison, 1[z > 0] = 1[Qlo > Qhi]: c > 0 keeps
-the sign of z, and ties stay exact (c P and c (-P) round alike). Logits are kept in
-base 2 (c and r carry log2 e) so each exponential is one ex2. Online softmax:
+kernel sums relu(z) = (z + |z|) / 2 instead: two adds per triple, both on the FMA pipe, 1-4%
+faster on the H100 (`_tile_logits`; the tables and the tile's logits are in triton_tables.py);
+the fused kernel keeps the form above. The mask of the gradient sums is the same comparison,
+1[z > 0] = 1[Qlo > Qhi]: c > 0 keeps the sign of z, and ties stay exact (c P and c (-P) round
+alike). Logits are kept in base 2 (c and r carry log2 e) so each exponential is one ex2.
+Online softmax:
 
     m' = max(m, max l),   alpha = 2^(m - m'),   e = 2^(l - m'),   s = alpha s + sum e
 
@@ -48,6 +49,7 @@ import math
 import torch
 
 from backends import triton_brute
+from backends.triton_tables import _abs_risky, _build_tables, _hidden_unit, _tile_logits, _tile_top
 from harness import Backend
 from harness.autotune import AUTOTUNE
 from harness.problems.sick_bide import PartialState, merge_chunks
@@ -59,151 +61,6 @@ LOG2E = 1.4426950408889634
 # Sizes vary call to call; specialising on them (value 1, multiples of 16) would recompile per shape.
 _RUNTIME_INTS = ["H", "n_bits", "n_lo", "n_mid", "n_top", "k_start", "k_stop", "first_tile", "last_tile", "chunks",
                  "tiles_per_chunk", "n_items"]
-
-
-@jit
-def _fold_r(r, ABS: tl.constexpr):
-    """r -> (c log2 e, sign r): c = |r|, or 1 where r = 0 (the gradient mask needs c > 0); halved
-    for the abs form (`_tile_logits`)."""
-    c = tl.where(r != 0, tl.abs(r), 1.0) * (_scale(ABS) * 1.4426950408889634)
-    return c, tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, 0.0))
-
-
-@jit
-def _scale(ABS: tl.constexpr):
-    """The tables' factor: 1/2 for the abs form, whose tables hold half of r z and |r z|."""
-    return 0.5 if ABS else 1.0
-
-
-@jit
-def _abs_risky(w_row, r_row, H, n_bits, HB: tl.constexpr):
-    """1 if a table of the abs form, |Qlo - Qhi| or a sum of them could overflow for this row (H sums
-    of at most 2^118 each), else 0; NaN counts as a risk."""
-    risky = 0
-    for h0 in range(0, H, HB):
-        offs_h = h0 + tl.arange(0, HB)
-        h_ok = offs_h < H
-        c, _ = _fold_r(tl.load(r_row + offs_h, mask=h_ok, other=0.0), True)
-        norm = tl.zeros([HB], tl.float32)
-        for j in range(n_bits):
-            norm += tl.abs(tl.load(w_row + offs_h * n_bits + j, mask=h_ok, other=0.0))
-        safe = (norm <= 2.0**124) & (c * norm <= 2.0**118)
-        risky = tl.maximum(risky, tl.max(tl.where(h_ok & ~safe, 1, 0), axis=0))
-    return risky
-
-
-@jit
-def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexpr, BLOCK_LO: tl.constexpr,
-                  BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr, ABS: tl.constexpr):
-    """Write Qlo [H, BLOCK_LO], P_mid [H, BLOCK_MID], R_mid [BLOCK_MID] and (ABS) R_lo [BLOCK_LO] of one
-    row to scratch, HB hidden units at a time."""
-    offs_lo = tl.arange(0, BLOCK_LO)
-    offs_a = tl.arange(0, 1 << MID_A_BITS)
-    offs_b = tl.arange(0, BLOCK_MID >> MID_A_BITS)
-    offs_q = (offs_b[:, None] << MID_A_BITS) + offs_a[None, :]                    # [MID_B, MID_A]
-    mid_table = scratch + H * BLOCK_LO
-    r_mid = tl.zeros([BLOCK_MID >> MID_A_BITS, 1 << MID_A_BITS], tl.float32)
-    r_lo = tl.zeros([BLOCK_LO], tl.float32)
-    for h0 in range(0, H, HB):
-        offs_h = h0 + tl.arange(0, HB)
-        h_ok = offs_h < H
-        r = tl.load(r_row + offs_h, mask=h_ok, other=0.0)
-        c, _ = _fold_r(r, ABS)
-        p_lo = tl.zeros([HB, BLOCK_LO], tl.float32)
-        for j in range(n_lo):
-            bit = tl.where((offs_lo >> j) & 1 == 1, 1.0, -1.0)
-            p_lo += tl.load(w_row + offs_h * n_bits + j, mask=h_ok, other=0.0)[:, None] * bit[None, :]
-        tl.store(scratch + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], c[:, None] * p_lo, mask=h_ok[:, None])
-        if ABS:
-            r_lo += tl.sum(r[:, None] * p_lo, axis=0)
-        # P_mid = P_a[low bits of q] + P_b[high bits of q]: two small FMA tables, one add per entry.
-        p_a = tl.zeros([HB, 1 << MID_A_BITS], tl.float32)
-        p_b = tl.zeros([HB, BLOCK_MID >> MID_A_BITS], tl.float32)
-        for j in range(tl.minimum(n_mid, MID_A_BITS)):
-            w = tl.load(w_row + offs_h * n_bits + n_lo + j, mask=h_ok, other=0.0)
-            p_a += w[:, None] * tl.where((offs_a >> j) & 1 == 1, 1.0, -1.0)[None, :]
-        for j in range(MID_A_BITS, n_mid):
-            w = tl.load(w_row + offs_h * n_bits + n_lo + j, mask=h_ok, other=0.0)
-            p_b += w[:, None] * tl.where((offs_b >> (j - MID_A_BITS)) & 1 == 1, 1.0, -1.0)[None, :]
-        p_mid = p_b[:, :, None] + p_a[:, None, :]                                 # [HB, MID_B, MID_A]
-        tl.store(mid_table + offs_h[:, None, None] * BLOCK_MID + offs_q[None, :, :], p_mid,
-                 mask=h_ok[:, None, None])
-        r_mid += tl.sum(r[:, None, None] * p_mid, axis=0)
-    tl.store(mid_table + H * BLOCK_MID + offs_q, r_mid * (_scale(ABS) * 1.4426950408889634))
-    if ABS:
-        tl.store(mid_table + H * BLOCK_MID + BLOCK_MID + H + offs_lo, r_lo * (0.5 * 1.4426950408889634))
-
-
-@jit
-def _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB: tl.constexpr,
-              BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, ABS: tl.constexpr):
-    """Write P_top [H] of `tile` to scratch; return R_top (base 2; halved with ABS)."""
-    tl.debug_barrier()  # every thread is done with the previous tile's P_top
-    r_top = 0.0
-    for h0 in range(0, H, HB):
-        offs_h = h0 + tl.arange(0, HB)
-        h_ok = offs_h < H
-        p_top = tl.zeros([HB], tl.float32)
-        for j in range(n_top):
-            bit = tl.cast((tile >> j) & 1, tl.float32) * 2.0 - 1.0
-            p_top += bit * tl.load(w_row + offs_h * n_bits + n_lo + n_mid + j, mask=h_ok, other=0.0)
-        tl.store(scratch + H * (BLOCK_LO + BLOCK_MID) + BLOCK_MID + offs_h, p_top, mask=h_ok)
-        r_top += tl.sum(tl.load(r_row + offs_h, mask=h_ok, other=0.0) * p_top, axis=0)
-    tl.debug_barrier()
-    return r_top * (_scale(ABS) * 1.4426950408889634)
-
-
-@jit
-def _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr,
-                 ABS: tl.constexpr):
-    """(Qlo [BLOCK_LO], Qhi [BLOCK_MID], s) of hidden unit h of the current tile."""
-    c, sgn = _fold_r(tl.load(r_row + h), ABS)
-    p_top = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID) + BLOCK_MID + h)
-    q_lo = tl.load(scratch + h * BLOCK_LO + offs_lo)
-    q_hi = -c * (tl.load(scratch + H * BLOCK_LO + h * BLOCK_MID + offs_mid) + p_top)
-    return q_lo, q_hi, sgn
-
-
-@jit
-def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge, max_form,
-                 BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, ABS: tl.constexpr):
-    """l [BLOCK_LO, BLOCK_MID] of `tile` in base 2. On an edge tile (the range's first or last,
-    or tables padded past 2^n) codes outside the tables or outside [k_start, k_stop) are -inf.
-
-    ABS (the forward kernel): r relu(z) = r z / 2 + s |r| |z| / 2. Its tables hold half the module
-    docstring's (c, R_mid and R_top halved) and R_lo; the linear half is R_lo + R_mid + R_top, and
-    |Qlo - Qhi| = |r| |z| log2 e / 2 is added or subtracted by the sign of r (a branch the whole
-    program takes), so a triple is two adds on the FMA pipe instead of a max on the half-rate ALU
-    pipe and a multiply-add: 1-4% faster on the H100. Its infinities do not cancel, though: where z
-    overflows to -inf the linear half and |z| are -+inf and their sum is NaN, not 0. A row whose
-    tables could overflow (`max_form`, from `_abs_risky`) takes the max form on the halved tables,
-    doubled at the end (exact). The fused kernel always takes the max form: there the shared
-    halved tables measured 5% slower."""
-    offs_lo = tl.arange(0, BLOCK_LO)
-    offs_mid = tl.arange(0, BLOCK_MID)
-    r_mid = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID) + offs_mid)
-    acc = tl.zeros([BLOCK_LO, BLOCK_MID], dtype=tl.float32) + (r_mid[None, :] + r_top)
-    if ABS and max_form == 0:
-        r_lo = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID + offs_lo)
-        acc += r_lo[:, None]
-        for h in range(0, H):
-            q_lo, q_hi, sgn = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID, ABS)
-            if sgn > 0:
-                acc += tl.abs(q_lo[:, None] - q_hi[None, :])
-            elif sgn < 0:
-                acc -= tl.abs(q_lo[:, None] - q_hi[None, :])
-    else:
-        for h in range(0, H):
-            q_lo, q_hi, sgn = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID, ABS)
-            acc += sgn * tl.maximum(q_lo[:, None], q_hi[None, :])
-        if ABS:
-            acc = 2.0 * acc
-    if edge:
-        codes = (tl.cast(tile, tl.int64) << (n_lo + n_mid)) + (offs_mid[None, :].to(tl.int64) << n_lo) \
-            + offs_lo[:, None]
-        valid = (offs_lo[:, None] < (1 << n_lo)) & (offs_mid[None, :] < (1 << n_mid))
-        acc = tl.where(valid & (codes >= k_start) & (codes < k_stop), acc, -float("inf"))
-    return acc
 
 
 @jit(do_not_specialize=_RUNTIME_INTS)
