@@ -55,9 +55,6 @@ from harness.autotune import AUTOTUNE
 from harness.problems.sick_bide import PartialState, merge_chunks
 from harness.triton_helpers import DEVICES, INTERPRET, jit, tl, unavailable
 
-LOG2E = 1.4426950408889634
-
-
 # Sizes vary call to call; specialising on them (value 1, multiples of 16) would recompile per shape.
 _RUNTIME_INTS = ["H", "n_bits", "n_lo", "n_mid", "n_top", "k_start", "k_stop", "first_tile", "last_tile", "chunks",
                  "tiles_per_chunk", "n_items"]

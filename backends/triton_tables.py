@@ -80,7 +80,7 @@ def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexp
         r_mid += tl.sum(r[:, None, None] * p_mid, axis=0)
     tl.store(mid_table + H * BLOCK_MID + offs_q, r_mid * (_scale(ABS) * 1.4426950408889634))
     if ABS:
-        tl.store(mid_table + H * BLOCK_MID + BLOCK_MID + H + offs_lo, r_lo * (0.5 * 1.4426950408889634))
+        tl.store(scratch + H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID + offs_lo, r_lo * (0.5 * 1.4426950408889634))
 
 
 @jit
