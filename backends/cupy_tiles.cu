@@ -60,6 +60,7 @@
 #define LOG2E 1.4426950408889634f
 
 __device__ __forceinline__ float bitsign(long long k, int j) { return ((k >> j) & 1) ? 1.f : -1.f; }
+__device__ __forceinline__ float bitsign(int k, int j) { return ((k >> j) & 1) ? 1.f : -1.f; }   // 32-bit shifts
 
 __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
@@ -114,12 +115,17 @@ __host__ __device__ constexpr int grad_floats(int H) {
     return H * (P + Q + 32) + padded(H) * WPH + HG * (TQ * P + TP * CSTRIDE);
 }
 
+// Where lo code p sits in a row of qlo and of the lo-marginal stage. At AP = 8 threads 4..7 of a quarter
+// warp store their two groups of four codes swapped, so that the quarter warp's 16-byte accesses
+// (threads 0..7, codes 8 tp + 4 g) fall in 32 distinct banks instead of two ways on 16.
+__device__ __forceinline__ int lo_slot(int p) { return AP == 8 ? p ^ ((p >> 3) & 4) : p; }
+
 // This thread's AP lo-code and BQ mid-code table entries of hidden unit h (16-byte loads).
 __device__ __forceinline__ void load_pair(const float* qlo, const float* qhi, int h, int tp, int tq,
                                           float (&a)[AP], float (&b)[BQ]) {
     #pragma unroll
     for (int i = 0; i < AP; i += 4) {
-        const float4 v = *reinterpret_cast<const float4*>(qlo + h * P + tp * AP + i);
+        const float4 v = *reinterpret_cast<const float4*>(qlo + h * P + lo_slot(tp * AP + i));
         a[i] = v.x; a[i + 1] = v.y; a[i + 2] = v.z; a[i + 3] = v.w;
     }
     #pragma unroll
@@ -161,14 +167,22 @@ __device__ Tables carve(float* smem, int H) {
 }
 
 // qhi[h, q] = -c_h (P_mid[h, q] + P_top[h]) (without P_top: -c_h P_mid[h, q]), four mid codes at a time.
+// A thread keeps its four mid codes from unit to unit, so no index is divided in the loop.
 __device__ __forceinline__ void mid_table(const Tables& tb, int Hp, bool with_top) {
-    for (int i = threadIdx.x; i < Hp * (Q / 4); i += THREADS) {
-        const int h = i / (Q / 4), q = 4 * (i % (Q / 4));
+    const int q = 4 * (threadIdx.x % (Q / 4));
+    for (int h = threadIdx.x / (Q / 4); h < Hp; h += THREADS / (Q / 4)) {
         const float4 a = *reinterpret_cast<const float4*>(tb.pa + h * QA + q % QA);
         const float b = tb.pb[h * QB + q / QA], top = with_top ? tb.ptop[h] : 0.f, neg_c = -tb.c[h];
         *reinterpret_cast<float4*>(tb.qhi + h * Q + q) = make_float4(
             neg_c * ((a.x + b) + top), neg_c * ((a.y + b) + top), neg_c * ((a.z + b) + top), neg_c * ((a.w + b) + top));
     }
+}
+
+// R_top = sum_h r_h P_top[h] (base 2; halved with FORWARD's tables), summed by every warp: no barrier.
+__device__ __forceinline__ float tile_r_top(const float* r2, const float* ptop, int H) {
+    float r_top = 0.f;
+    for (int h = threadIdx.x & 31; h < H; h += 32) r_top += r2[h] * ptop[h];
+    return warp_sum(r_top);
 }
 
 // The item's fixed tables: c, s, r log2 e, P_a, P_b, R_mid and qlo (or, FORWARD, the slots, R_lo, P_lo
@@ -178,21 +192,33 @@ template <bool FORWARD>
 __device__ void build_tables(const Item& it, const Tables& tb) {
     const int t = threadIdx.x, H = it.H, Hp = padded(H), n_a = min(it.n_mid, 5);
     const float half = FORWARD ? 0.5f : 1.f;
+    // FORWARD: a unit's class is 0 (r > 0, or NaN), 1 (r < 0) or 2 (r = 0). Warps 0 and 1 (H <= 64) publish
+    // each class's members as bit masks (in tb.red, unused until the end), so a slot is a few popcounts.
+    auto cls = [&](int u) { const float v = it.r[u]; return v < 0.f ? 1 : (v == 0.f ? 2 : 0); };
+    unsigned* members = reinterpret_cast<unsigned*>(tb.red);     // [warp][class]
+    if (FORWARD) {
+        if (t < 64) {
+            const int k = t < H ? cls(t) : 3;
+            for (int c = 0; c < 3; ++c) {
+                const unsigned m = __ballot_sync(0xffffffffu, k == c);
+                if ((t & 31) == 0) members[(t >> 5) * 3 + c] = m;
+            }
+        }
+        __syncthreads();
+    }
     int risky = 0;
     for (int h = t; h < Hp; h += THREADS) {
         int slot = h;
         if (FORWARD) {
             if (h < H) {   // slot = the units of earlier classes + the earlier units of this one
-                auto cls = [&](int u) { const float v = it.r[u]; return v < 0.f ? 1 : (v == 0.f ? 2 : 0); };
-                const int mine = cls(h);
-                int before = 0, pos = 0, neg = 0;
-                for (int u = 0; u < H; ++u) {
-                    const int k = cls(u);
-                    pos += k == 0; neg += k == 1;
-                    before += (u < h && k == mine) || k < mine;
-                }
+                const int mine = cls(h), w = h >> 5;
+                int before = __popc(members[w * 3 + mine] & ((1u << (h & 31)) - 1u)) + (w ? __popc(members[mine]) : 0);
+                for (int c = 0; c < mine; ++c) before += __popc(members[c]) + __popc(members[3 + c]);
                 slot = before;
-                if (h == 0) { tb.signs[0] = pos; tb.signs[1] = neg; }
+                if (h == 0) {
+                    tb.signs[0] = __popc(members[0]) + __popc(members[3]);
+                    tb.signs[1] = __popc(members[1]) + __popc(members[4]);
+                }
             }
             tb.unit[slot] = h < H ? h : -1;
         }
@@ -209,18 +235,18 @@ __device__ void build_tables(const Item& it, const Tables& tb) {
     risky = __syncthreads_or(risky);
     if (FORWARD && t == 0) tb.signs[2] = risky;
     auto unit = [&](int slot) { return FORWARD ? tb.unit[slot] : (slot < H ? slot : -1); };
-    for (int i = t; i < Hp * P; i += THREADS) {
-        const int u = unit(i / P), p = i % P;
+    for (int h = t / P, p = t % P; h < Hp; h += THREADS / P) {   // a thread keeps its code p from unit to unit
+        const int u = unit(h);
         float acc = 0.f;
         if (u >= 0) for (int j = 0; j < it.n_lo; ++j) acc += it.W[u * it.n_bits + j] * bitsign(p, j);
-        if (FORWARD) tb.plo[i] = acc;
-        else tb.qlo[i] = tb.c[i / P] * acc;
+        if (FORWARD) tb.plo[h * P + p] = acc;
+        else tb.qlo[h * P + lo_slot(p)] = tb.c[h] * acc;
     }
-    for (int i = t; i < Hp * QA; i += THREADS) {
-        const int u = unit(i / QA), qa = i % QA;
+    for (int h = t / QA, qa = t % QA; h < Hp; h += THREADS / QA) {
+        const int u = unit(h);
         float acc = 0.f;
         if (u >= 0) for (int j = 0; j < n_a; ++j) acc += it.W[u * it.n_bits + it.n_lo + j] * bitsign(qa, j);
-        tb.pa[i] = acc;
+        tb.pa[h * QA + qa] = acc;
     }
     for (int i = t; i < Hp * QB; i += THREADS) {
         const int u = unit(i / QB), qb = i % QB;
@@ -258,21 +284,29 @@ __device__ float tile_tables(const Item& it, const Tables& tb, long long tile) {
     }
     __syncthreads();
     if (FORWARD) {
-        for (int i = t; i < Hp * (P / 4); i += THREADS) {  // four lo codes at a time
-            const int h = i / (P / 4), p = 4 * (i % (P / 4));
+        const int p = 4 * (threadIdx.x % (P / 4));      // four lo codes at a time, the same ones for every unit
+        for (int h = threadIdx.x / (P / 4); h < Hp; h += THREADS / (P / 4)) {
             const float4 a = *reinterpret_cast<const float4*>(tb.plo + h * P + p);
             const float top = tb.ptop[h], c = tb.c[h];
-            *reinterpret_cast<float4*>(tb.qlo + h * P + p) =
+            *reinterpret_cast<float4*>(tb.qlo + h * P + lo_slot(p)) =
                 make_float4(c * (a.x + top), c * (a.y + top), c * (a.z + top), c * (a.w + top));
         }
     } else {
         mid_table(tb, Hp, true);
     }
-    float r_top = 0.f;                                 // every warp sums it: no extra barrier
-    for (int h = t & 31; h < H; h += 32) r_top += tb.r2[h] * tb.ptop[h];
-    r_top = warp_sum(r_top);
+    const float r_top = tile_r_top(tb.r2, tb.ptop, H);   // every warp sums it: no extra barrier
     __syncthreads();
     return r_top;
+}
+
+// l += s max(qlo[h], qhi[h]) over this thread's block: the max form's triple, an FMNMX and an FFMA.
+__device__ __forceinline__ void add_max_unit(const Tables& tb, int h, int tp, int tq, float s, float (&l)[AP][BQ]) {
+    float a[AP], b[BQ];
+    load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
+    #pragma unroll
+    for (int i = 0; i < AP; ++i)
+        #pragma unroll
+        for (int j = 0; j < BQ; ++j) l[i][j] = fmaf(s, fmaxf(a[i], b[j]), l[i][j]);
 }
 
 // l [AP][BQ] of this thread's block of `tile`; codes outside the tables or outside
@@ -313,31 +347,16 @@ __device__ void tile_logits(const Item& it, const Tables& tb, long long tile, fl
                     for (int j = 0; j < BQ; ++j) l[i][j] -= fabsf(a[i] - b[j]);
             }
         } else {
-            for (int h = 0; h < signed_units; ++h) {
-                float a[AP], b[BQ];
-                load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
-                const float s = h < pos ? 1.f : -1.f;
-                #pragma unroll
-                for (int i = 0; i < AP; ++i)
-                    #pragma unroll
-                    for (int j = 0; j < BQ; ++j) l[i][j] = fmaf(s, fmaxf(a[i], b[j]), l[i][j]);
-            }
+            for (int h = 0; h < signed_units; ++h) add_max_unit(tb, h, tp, tq, h < pos ? 1.f : -1.f, l);
             #pragma unroll
             for (int i = 0; i < AP; ++i)
                 #pragma unroll
                 for (int j = 0; j < BQ; ++j) l[i][j] *= 2.f;
         }
-    } else {
+    } else {   // unit 0 (H >= 1) peeled: its multiply-adds start from the base, not from 8 AP copies of it
+        add_max_unit(tb, 0, tp, tq, tb.sg[0], l);
         #pragma unroll 4
-        for (int h = 0; h < it.H; ++h) {
-            float a[AP], b[BQ];
-            load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
-            const float s = tb.sg[h];
-            #pragma unroll
-            for (int i = 0; i < AP; ++i)
-                #pragma unroll
-                for (int j = 0; j < BQ; ++j) l[i][j] = fmaf(s, fmaxf(a[i], b[j]), l[i][j]);
-        }
+        for (int h = 1; h < it.H; ++h) add_max_unit(tb, h, tp, tq, tb.sg[h], l);
     }
     const int tile_bits = it.n_lo + it.n_mid;
     const bool partial = (1 << it.n_lo) < P || (1 << it.n_mid) < Q;
@@ -399,6 +418,30 @@ extern "C" __global__ void FORWARD_BOUNDS sick_bide_tiles_forward(
     }
 }
 
+// sum_k b_kj g[k] over K codes, in the order of a warp (lane l sums codes l, l + 32, ...; then a butterfly
+// over lanes), by one thread: the bits a warp per (unit, bit) gave, at ~10x fewer instructions. The sign of
+// code l + 32 i is the lane's (bit j < 5) or the round's (j >= 5), and a sign flip commutes with rounding.
+template <int K>
+__device__ __forceinline__ float signed_sum(const float* g, int j) {
+    float v[32];
+    #pragma unroll
+    for (int l = 0; l < 32; ++l) {
+        float x = 0.f;
+        #pragma unroll
+        for (int i = 0; i < K / 32; ++i) x += (j < 5 ? 1.f : bitsign(32 * i, j)) * g[l + 32 * i];
+        v[l] = j < 5 ? bitsign(l, j) * x : x;
+    }
+    #pragma unroll
+    for (int l = 0; l < 16; ++l) v[l] += v[l + 16];
+    #pragma unroll
+    for (int l = 0; l < 8; ++l) v[l] += v[l + 8];
+    #pragma unroll
+    for (int l = 0; l < 4; ++l) v[l] += v[l + 4];
+    v[0] += v[2];
+    v[1] += v[3];
+    return v[0] + v[1];
+}
+
 extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
     const float* W, const float* r, float* m_out, float* s_out, float* d_out, int H, int n_bits, int n_lo,
     int n_mid, long long k_start, long long k_stop, long long first_tile, long long last_tile, int chunks,
@@ -443,19 +486,24 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
             #pragma unroll
             for (int hh = 0; hh < HG; ++hh) {
                 const int h = h0 + hh;
-                float row[AP] = {}, col[BQ] = {};
+                float row[AP], col[BQ];
                 {
                     float a[AP], b[BQ];
                     load_pair(tb.qlo, tb.qhi, h, tp, tq, a, b);
+                    // The first term of each sum is a select, not 0 + e: e >= +0, so the sums are the
+                    // same, and the compiler cannot drop 0 + e itself (0 + -0 is +0).
                     #pragma unroll
                     for (int i = 0; i < AP; ++i)
                         #pragma unroll
-                        for (int j = 0; j < BQ; ++j)
-                            if (a[i] > b[j]) { row[i] += e[i][j]; col[j] += e[i][j]; }
+                        for (int j = 0; j < BQ; ++j) {
+                            const bool on = a[i] > b[j];
+                            row[i] = j == 0 ? (on ? e[i][j] : 0.f) : (on ? row[i] + e[i][j] : row[i]);
+                            col[j] = i == 0 ? (on ? e[i][j] : 0.f) : (on ? col[j] + e[i][j] : col[j]);
+                        }
                 }
                 #pragma unroll
                 for (int i = 0; i < AP; i += 4)
-                    *reinterpret_cast<float4*>(rstage + (hh * TQ + tq) * P + tp * AP + i) =
+                    *reinterpret_cast<float4*>(rstage + (hh * TQ + tq) * P + lo_slot(tp * AP + i)) =
                         make_float4(row[i], row[i + 1], row[i + 2], row[i + 3]);
                 float* c_out = cstage + (hh * TP + tp) * CSTRIDE + tq * BQ;
                 *reinterpret_cast<float4*>(c_out) = make_float4(col[0], col[1], col[2], col[3]);
@@ -465,19 +513,19 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
             // Combine in a fixed order: thread t sums lo code t % P of unit h0 + t / P over the
             // 16 threads that share it, and mid code t of every unit over the 8 that share it.
             {
-                const int hh = t / P, h = h0 + hh, p = t % P;
-                float v = 0.f;
+                const int hh = t / P, h = h0 + hh, p = t % P, slot = lo_slot(p);
+                float v = rstage[hh * TQ * P + slot];
                 #pragma unroll
-                for (int i = 0; i < TQ; ++i) v += rstage[(hh * TQ + i) * P + p];
+                for (int i = 1; i < TQ; ++i) v += rstage[(hh * TQ + i) * P + slot];
                 const float total = warp_sum(v);       // this warp's part of the tile's sum, for D's top bits
                 if (h < H) g_lo[h * P + p] += v;
                 if (lane == 0) part[h * WPH + warp % WPH] = total;
             }
             #pragma unroll
             for (int hh = 0; hh < HG; ++hh) {
-                float v = 0.f;
+                float v = cstage[hh * TP * CSTRIDE + t];
                 #pragma unroll
-                for (int i = 0; i < TP; ++i) v += cstage[(hh * TP + i) * CSTRIDE + t];
+                for (int i = 1; i < TP; ++i) v += cstage[(hh * TP + i) * CSTRIDE + t];
                 if (h0 + hh < H) g_mid[(h0 + hh) * Q + t] += v;
             }
             __syncthreads();
@@ -496,23 +544,12 @@ extern "C" __global__ void __launch_bounds__(THREADS) sick_bide_tiles_fused(
         m_out[blockIdx.x] = m * 0.6931471805599453f;
         s_out[blockIdx.x] = s;
     }
-    // D's lo and mid bits: one warp per (unit, bit), lanes over codes.
+    // D's lo and mid bits, one thread per (unit, bit).
     float* D = d_out + (long long)blockIdx.x * H * n_bits;
-    for (int task = warp; task < H * it.n_lo; task += WARPS) {
-        const int h = task / it.n_lo, j = task % it.n_lo;
-        float v = 0.f;
-        #pragma unroll
-        for (int i = 0; i < P / 32; ++i) v += bitsign(lane + 32 * i, j) * g_lo[h * P + lane + 32 * i];
-        v = warp_sum(v);
-        if (lane == 0) D[h * n_bits + j] = v;
-    }
-    for (int task = warp; task < H * it.n_mid; task += WARPS) {
-        const int h = task / it.n_mid, j = task % it.n_mid;
-        float v = 0.f;
-        #pragma unroll
-        for (int i = 0; i < Q / 32; ++i) v += bitsign(lane + 32 * i, j) * g_mid[h * Q + lane + 32 * i];
-        v = warp_sum(v);
-        if (lane == 0) D[h * n_bits + it.n_lo + j] = v;
+    const int n_lm = it.n_lo + it.n_mid;
+    for (int task = t; task < H * n_lm; task += THREADS) {
+        const int h = task / n_lm, j = task % n_lm;
+        D[h * n_bits + j] = j < it.n_lo ? signed_sum<P>(g_lo + h * P, j) : signed_sum<Q>(g_mid + h * Q, j - it.n_lo);
     }
     for (int i = t; i < H * it.n_top; i += THREADS) {
         const int h = i / it.n_top, j = i % it.n_top;
