@@ -19,7 +19,7 @@ costs a few 16-byte shared loads for 32 or 64 pairs with as many independent
 accumulators. The gradient sums add a compare and two
 predicated adds per triple (the block's marginals over lo and mid codes), combined across
 threads by a fixed-order staged reduction: 2.0 instructions per triple in the forward's
-hidden loop (2.75 in all, Nsight Compute), 7.4 fused. Shared memory is dynamic, sized from H.
+hidden loop (2.73 in all, Nsight Compute), 6.9 fused. Shared memory is dynamic, sized from H.
 
 `lo_per_thread` (backends/cupy_mitm.cu): thread t owns lo code p = t (n_lo = min(n, 7)) with
 its hidden units in registers (H compiled in, up to 64) and walks the hi codes in batches of
