@@ -60,6 +60,14 @@ _RUNTIME_INTS = ["H", "n_bits", "n_lo", "n_mid", "n_top", "k_start", "k_stop", "
                  "tiles_per_chunk", "n_items"]
 
 
+@jit
+def _edge(tile, tile_bits, k_start, k_stop, padded):
+    """Whether some code of `tile` is outside [k_start, k_stop) or the tables (`padded`): only then
+    does it need the masks (the first and last tiles of a whole range need none)."""
+    start = tile << tile_bits
+    return padded | (start < k_start) | (start + (1 << tile_bits) > k_stop)
+
+
 @jit(do_not_specialize=_RUNTIME_INTS)
 def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr,
                     H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
@@ -68,6 +76,7 @@ def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr,
     """For each work item (row, chunk): (m, s) over the chunk's tiles, written at item."""
     scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * (H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID + BLOCK_LO)
     padded = ((1 << n_lo) < BLOCK_LO) | ((1 << n_mid) < BLOCK_MID)
+    tile_bits = n_lo + n_mid
     for item in range(tl.program_id(0), n_items, tl.num_programs(0)):
         row = tl.cast(item // chunks, tl.int64)
         w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
@@ -80,16 +89,14 @@ def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr,
         for tile in range(t0, tl.minimum(t0 + tiles_per_chunk, last_tile + 1)):
             r_top = _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB, BLOCK_LO, BLOCK_MID,
                               True)
-            edge = (tile == first_tile) | (tile == last_tile) | padded
+            edge = _edge(tile, tile_bits, k_start, k_stop, padded)
             l = _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge, max_form,
                              BLOCK_LO, BLOCK_MID, True)
             m_new = tl.maximum(m_col, tl.max(l, axis=0))
-            if edge:  # a column that has seen only -inf keeps m = -inf, where 2^(m - m') would be NaN
-                alpha = tl.where(m_new == -float("inf"), 0.0, tl.exp2(m_col - m_new))
-                e = tl.where(m_new[None, :] == -float("inf"), 0.0, tl.exp2(l - m_new[None, :]))
-            else:
-                alpha = tl.exp2(m_col - m_new)
-                e = tl.exp2(l - m_new[None, :])
+            # A column that has seen only -inf keeps m = -inf and takes its scale as 0: 2^(m - m') would be NaN.
+            m_scale = tl.where(m_new == -float("inf"), 0.0, m_new)
+            alpha = tl.exp2(m_col - m_scale)
+            e = tl.exp2(l - m_scale[None, :])
             s_col = s_col * alpha + tl.sum(e, axis=0)
             m_col = m_new
         m2 = tl.max(m_col, axis=0)
@@ -151,6 +158,7 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
     acc_lo = stage_mid + H * BLOCK_MID
     acc_mid = acc_lo + H * BLOCK_LO
     padded = ((1 << n_lo) < BLOCK_LO) | ((1 << n_mid) < BLOCK_MID)
+    tile_bits = n_lo + n_mid
     offs_lo = tl.arange(0, BLOCK_LO)
     offs_mid = tl.arange(0, BLOCK_MID)
     j_top = tl.arange(0, N_TOP)
@@ -167,12 +175,13 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
         for tile in range(t0, t1):
             r_top = _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB, BLOCK_LO, BLOCK_MID,
                               False)
-            edge = (tile == first_tile) | (tile == last_tile) | padded
+            edge = _edge(tile, tile_bits, k_start, k_stop, padded)
             l = _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge, 1,
                              BLOCK_LO, BLOCK_MID, False)
             m_new = tl.maximum(m, tl.max(tl.max(l, axis=1), axis=0))
-            alpha = tl.exp2(m - m_new)
-            e = tl.exp2(l - m_new)
+            m_scale = tl.where(m_new == -float("inf"), 0.0, m_new)   # only -inf so far: scale 0, not NaN
+            alpha = tl.exp2(m - m_scale)
+            e = tl.exp2(l - m_scale)
             s = s * alpha + tl.sum(tl.sum(e, axis=1), axis=0)
             m = m_new
             for h in range(0, H):
