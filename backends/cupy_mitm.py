@@ -46,7 +46,7 @@ import torch
 
 from harness import Backend
 from harness.autotune import AUTOTUNE
-from harness.problems.sick_bide import PartialState, merge_chunks
+from harness.problems.sick_bide import FLOAT32_TABLES, PartialState, merge_chunks
 
 CUPY_MISSING = importlib.util.find_spec("cupy") is None
 THREADS = 128          # both families
@@ -222,7 +222,7 @@ BACKENDS = [
         kernels={"partial_state": partial_state},
         devices=("cuda",),
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
-        limits={"n_bits": (1, 32), "hidden": (1, MAX_HIDDEN)},
+        limits={"n_bits": (1, 32), "hidden": (1, MAX_HIDDEN), "log2_range": FLOAT32_TABLES},
         features=frozenset({"grad", "k_ranges"}),
         configs={"default": {}, "lo_per_thread": {"tiles": False}, "autotune": {AUTOTUNE: TUNING}},
         unavailable=_unavailable,

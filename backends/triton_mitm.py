@@ -52,7 +52,7 @@ from backends import triton_brute
 from backends.triton_tables import _abs_risky, _build_tables, _hidden_unit, _tile_logits, _tile_top
 from harness import Backend
 from harness.autotune import AUTOTUNE
-from harness.problems.sick_bide import PartialState, merge_chunks
+from harness.problems.sick_bide import FLOAT32_TABLES, PartialState, merge_chunks
 from harness.triton_helpers import DEVICES, INTERPRET, jit, tl, unavailable
 
 # Sizes vary call to call; specialising on them (value 1, multiples of 16) would recompile per shape.
@@ -314,7 +314,7 @@ BACKENDS = [
         kernels={"partial_state": partial_state},
         devices=DEVICES,
         dtypes=(torch.float32, torch.float16, torch.bfloat16),
-        limits={"n_bits": (1, 32)},
+        limits={"n_bits": (1, 32), "log2_range": FLOAT32_TABLES},
         features=frozenset({"grad", "k_ranges"}),
         configs={"default": {}, "autotune": {AUTOTUNE: TUNING}, "brute": {"design": "brute"}},
         unavailable=unavailable,

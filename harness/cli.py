@@ -32,7 +32,7 @@ def list_backends(stream=sys.stdout) -> None:
         print(f"{problem.name}: {problem.summary} (reference: {problem.reference})", file=stream)
         for backend in registry.backends(problem.name):
             dtypes = ",".join(verify.dtype_name(d) for d in backend.dtypes)
-            limits = " ".join(f"{k}={lo}..{hi}" for k, (lo, hi) in backend.limits.items())
+            limits = " ".join(f"{k}={lo}..{hi}" for k, (lo, hi, *_) in backend.limits.items())
             features = ",".join(sorted(backend.features)) or "-"
             print(f"  {backend.name:<12} {backend.summary}", file=stream)
             print(f"  {'':<12} devices={','.join(backend.devices)} dtypes={dtypes} {limits} "

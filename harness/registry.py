@@ -44,7 +44,8 @@ class Backend:
     """One implementation of one problem's kernels.
 
     kernels: the problem-defined entry points, e.g. ``{"partial_state": f}``.
-    limits: inclusive ranges on the problem's named sizes, e.g. ``{"n_bits": (1, 32)}``.
+    limits: inclusive ranges on the problem's named sizes, e.g. ``{"n_bits": (1, 32)}``, optionally with
+        a third element saying why, which the refusal quotes.
     features: problem-defined capability flags, e.g. ``{"k_ranges", "grad"}``.
     configs: named keyword sets passed to the kernels; "default" comes first.
     unavailable: ``unavailable(config) -> reason or None``: why this config cannot
@@ -61,7 +62,7 @@ class Backend:
     kernels: Mapping[str, Callable[..., Any]]
     devices: tuple[str, ...] = ("cpu",)
     dtypes: tuple[torch.dtype, ...] = (torch.float32,)
-    limits: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    limits: Mapping[str, tuple[int, int] | tuple[int, int, str]] = field(default_factory=dict)
     features: frozenset[str] = frozenset()
     configs: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: {"default": {}})
     unavailable: Callable[[str], str | None] = lambda config: None
@@ -292,12 +293,12 @@ def check_runnable(
             f"backend {backend.name!r} does not support dtype {str(dtype).removeprefix('torch.')}; "
             f"it supports {allowed}"
         )
-    for size_name, (lo, hi) in backend.limits.items():
+    for size_name, (lo, hi, *why) in backend.limits.items():
         value = sizes.get(size_name)
         if value is not None and not lo <= value <= hi:
             raise UnsupportedError(
                 f"{size_name}={value} is outside what backend {backend.name!r} supports: "
-                f"{lo} <= {size_name} <= {hi}"
+                f"{lo} <= {size_name} <= {hi}" + "".join(f" ({reason})" for reason in why)
             )
     if backend.workspace is not None:
         need = backend.workspace(sizes, dtype, backend.configs[config])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from harness import registry
+from harness.errors import UnsupportedError
 from harness.problems import sick_bide
 
 
@@ -195,25 +196,42 @@ def test_weights_near_the_float32_limit(sick_bide_variant):
         assert right, (r0, float(lse), float(nll), float(expected), float(expected - l_code[1]))
 
 
-def _overflowing_pre_activations(device):
-    """W = [2e38, 2e38], r = -1: z = +-4e38 overflows float32 for two of the four codes (and is an exact 0
-    for the other two, in any summation order), yet every logit -relu(z) has a finite limit: 0 where
-    z = -inf, -inf where z = +inf. So lse = log 3 and the gradients are 0. A kernel summing
-    r z / 2 + |r| |z| / 2 over tables gets inf - inf = NaN there. With the float64 reference's answer."""
-    W = torch.tensor([[[2.0e38, 2.0e38]]], device=device)
-    r = torch.tensor([[-1.0]], device=device)
-    targets = torch.tensor([[0, 1]], device=device)   # z = -4e38 and 0: l = 0 for both
+# Two cases past what the abs form's own tables hold (their rows take the max form): W = [2e38, 2e38] with r = -1,
+# where z = +-4e38 overflows float32 for two of the four codes (and is an exact 0 for the other two), yet every
+# logit -relu(z) has a finite limit (0 where z = -inf, -inf where z = +inf): lse = log 3, gradients 0. Its
+# log2_range is 129, past the float32 tables' 126 (harness/problems/sick_bide.py, FLOAT32_TABLES), so the
+# table backends refuse it by name. And W = [2^125, 2^125] with r = 2^-3, log2_range 124: everyone answers.
+OVERFLOW_CASES = {"past the tables' range": (2.0e38, -1.0), "within it": (2.0**125, 2.0**-3)}
+
+
+def _large_pre_activations(device, w, r0):
+    """W = [w, w], r = r0, targets 0 and 1, with the float64 reference's answer."""
+    W = torch.tensor([[[w, w]]], device=device)
+    r = torch.tensor([[r0]], device=device)
+    targets = torch.tensor([[0, 1]], device=device)
     ref_W, ref_r = W.double().cpu().requires_grad_(), r.double().cpu().requires_grad_()
     ref_nll, ref_lse = sick_bide.loss(ref_W, ref_r, targets.cpu(), backend="reference")
     (ref_nll.sum() + ref_lse.sum()).backward()
     return W, r, targets, ref_nll.detach(), ref_lse.detach(), ref_W.grad, ref_r.grad
 
 
-def test_pre_activations_past_float32_give_the_finite_loss(sick_bide_variant):
+def _refused_past_the_tables_range(backend, W, r, targets, sick_bide_variant) -> bool:
+    """True (after checking the refusal) where `backend` declares the float32 tables' range and W, r are past it."""
+    if "log2_range" not in backend.limits or sick_bide.validate(W, r)["log2_range"] <= backend.limits["log2_range"][1]:
+        return False
+    with pytest.raises(UnsupportedError, match=r"log2_range=129 .*L1_h = sum_j \|W\[h, j\]\|.*'chunked'"):
+        call(sick_bide_variant, W, r, targets)
+    return True
+
+
+@pytest.mark.parametrize("case", list(OVERFLOW_CASES))
+def test_pre_activations_past_float32_give_the_finite_loss(sick_bide_variant, case):
     backend, _, device = sick_bide_variant
     if torch.float32 not in backend.dtypes:
         pytest.skip(f"{backend.name} has no float32; this case needs its range")
-    W, r, targets, ref_nll, ref_lse, _, _ = _overflowing_pre_activations(device)
+    W, r, targets, ref_nll, ref_lse, _, _ = _large_pre_activations(device, *OVERFLOW_CASES[case])
+    if _refused_past_the_tables_range(backend, W, r, targets, sick_bide_variant):
+        return
     tol = 8 * torch.finfo(torch.float32).eps
     with torch.no_grad():                               # the forward-only kernels
         nll, lse = call(sick_bide_variant, W, r, targets)
@@ -221,13 +239,16 @@ def test_pre_activations_past_float32_give_the_finite_loss(sick_bide_variant):
     torch.testing.assert_close(nll.double().cpu(), ref_nll, rtol=tol, atol=tol)
 
 
-def test_pre_activations_past_float32_give_finite_gradients(sick_bide_variant):
+@pytest.mark.parametrize("case", list(OVERFLOW_CASES))
+def test_pre_activations_past_float32_give_finite_gradients(sick_bide_variant, case):
     backend, _, device = sick_bide_variant
     if torch.float32 not in backend.dtypes:
         pytest.skip(f"{backend.name} has no float32; this case needs its range")
-    if "loss" in backend.kernels:   # README, backends: the float32 reference's known limit
+    W, r, targets, ref_nll, ref_lse, ref_dW, ref_dr = _large_pre_activations(device, *OVERFLOW_CASES[case])
+    if _refused_past_the_tables_range(backend, W, r, targets, sick_bide_variant):
+        return
+    if "loss" in backend.kernels and case == "past the tables' range":   # README, backends: its known limit
         pytest.skip(f"{backend.name} differentiates with plain autograd: its dr sums relu(z) g = inf * 0 = NaN")
-    W, r, targets, ref_nll, ref_lse, ref_dW, ref_dr = _overflowing_pre_activations(device)
     tol = 8 * torch.finfo(torch.float32).eps
     W_, r_ = W.clone().requires_grad_(), r.clone().requires_grad_()
     nll, lse = call(sick_bide_variant, W_, r_, targets)    # the fused kernels

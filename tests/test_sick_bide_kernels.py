@@ -133,12 +133,13 @@ def test_merge_chunks_matches_the_torch_code(chunks, dtype, with_D):
 def test_probe_reads_the_target_range_and_finiteness(dtype):
     W, r, targets = _inputs((6, 7, 9, 3), dtype, seed=5)
     targets = targets.contiguous()
-    assert kernels.probe(W, r, targets) == (int(targets.min()), int(targets.max()), True)
+    w_max, r_max = float(W.abs().max()), float(r.abs().max())
+    assert kernels.probe(W, r, targets) == (int(targets.min()), int(targets.max()), True, w_max, r_max)
     assert kernels.probe(W, r, None)[2]
     targets[4, 1], W[5, 6, 8] = -(2**40), math.inf
-    assert kernels.probe(W, r, targets) == (-(2**40), int(targets.max()), False)
-    r[0, 0], W[5, 6, 8] = math.nan, 1.0
-    assert not kernels.probe(W, r, targets)[2]
+    assert kernels.probe(W, r, targets) == (-(2**40), int(targets.max()), False, w_max, r_max)   # finite only
+    r[0, 0], W[5, 6, 8] = math.nan, -1024.0      # exact in every dtype
+    assert kernels.probe(W, r, targets)[2:] == (False, 1024.0, r_max)
 
 
 def test_probe_splits_large_inputs_over_programs():
@@ -148,7 +149,8 @@ def test_probe_splits_large_inputs_over_programs():
     targets = torch.arange(30, device=DEVICE).reshape(3, 10)
     targets[2, 9] = 2**50
     W[2, 0, -1] = -math.inf
-    assert kernels.probe(W, r, targets) == (0, 2**50, False)
+    W[1, 0, 3], r[2, 0] = -7.0, 0.5
+    assert kernels.probe(W, r, targets) == (0, 2**50, False, 7.0, 0.5)
 
 
 @pytest.fixture

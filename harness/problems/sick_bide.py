@@ -51,6 +51,21 @@ from harness.problems import sick_bide_kernels as kernels
 PROBLEM = "sick_bide"
 N_BITS_MAX = 32
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+# `log2_range`, a size `validate` derives from the values of W and r: log2 of the largest magnitude the
+# float32 tables of a folded backend (and their sums over units) can reach, rounded up. With
+# L1[b, h] = sum_j |W[b, h, j]| over the finite entries (NaN rows go their own way):
+#     max over rows b of  max(max_h L1[b, h] / 4,  log2(e) sum_h |r[b, h]| L1[b, h])
+# L1 bounds a unit's tables of sums of +-W and its z; log2(e) sum_h |r_h| L1_h bounds the base-2 logits'
+# halves s max(c a, -c b) and r b summed over units, which a kernel adds separately, so each can overflow
+# where the logit does not. Backends with such tables declare FLOAT32_TABLES in their limits.
+LOG2_RANGE_MIN = -1100      # below any float's log2: W = 0 or r = 0
+FLOAT32_TABLES = (
+    LOG2_RANGE_MIN, 126,
+    "log2_range is log2 of the largest of max_h L1_h / 4 and log2(e) sum_h |r_h| L1_h over rows, with "
+    "L1_h = sum_j |W[h, j]|; past 2^126 this backend's float32 tables or their sums can overflow (NaN where the "
+    "loss is finite): use backend 'chunked' or 'reference' for such inputs",
+)
 KERNELS = ("partial_state", "loss")
 
 
@@ -134,7 +149,8 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def validate(W: Any, r: Any, targets: Any = None, grad_nll: Any = None) -> dict[str, int]:
-    """Check the contract and return the sizes {batch, hidden, n_bits, targets_per_row}.
+    """Check the contract and return the sizes {batch, hidden, n_bits, targets_per_row, log2_range}
+    (log2_range: derived from the values, FLOAT32_TABLES).
 
     Raises InputError naming the argument, its value and the allowed range. Reads
     targets' min and max (one device sync) so that nothing runs on bad indices.
@@ -169,7 +185,9 @@ def _validate(W: Any, r: Any, targets: Any = None) -> tuple[dict[str, int], bool
         raise InputError(f"r must have shape [batch, hidden] = {[batch, hidden]} to match W, got {list(r.shape)}")
     sizes = {"batch": batch, "hidden": hidden, "n_bits": n_bits}
     if targets is None:
-        return sizes, _scan(W, r, None, n_bits)
+        all_finite, w_max, r_max = _scan(W, r, None, n_bits)
+        sizes["log2_range"] = _log2_range(W, r, w_max, r_max)
+        return sizes, all_finite
     if not isinstance(targets, Tensor):
         raise InputError(f"targets must be an integer torch.Tensor, got {type(targets).__name__}")
     if targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool:
@@ -181,7 +199,27 @@ def _validate(W: Any, r: Any, targets: Any = None) -> tuple[dict[str, int], bool
             f"targets must have shape [batch] or [batch, S] with batch = {batch}, got {list(targets.shape)}"
         )
     sizes["targets_per_row"] = targets.shape[1] if targets.dim() == 2 else 1
-    return sizes, _scan(W, r, targets, n_bits)
+    all_finite, w_max, r_max = _scan(W, r, targets, n_bits)
+    sizes["log2_range"] = _log2_range(W, r, w_max, r_max)
+    return sizes, all_finite
+
+
+def _log2_range(W: Tensor, r: Tensor, w_max: float, r_max: float) -> int:
+    """The `log2_range` size (FLOAT32_TABLES). From the largest finite |W| and |r| (the probe's, free) an
+    upper bound; only where that passes 2^126 (inputs near float32's range) the exact value, by a few
+    more reductions and one more sync."""
+    _, hidden, n_bits = W.shape
+    log2e = 1.4426950408889634
+    value = max(n_bits * w_max / 4, log2e * hidden * n_bits * r_max * w_max)
+    if value > 2.0**126:
+        def finite_abs(x: Tensor) -> Tensor:
+            x = x.detach().abs().to(torch.float64)
+            return torch.where(x < math.inf, x, 0.0)
+        l1 = finite_abs(W).sum(-1)                                                # [B, H]
+        value = float(torch.maximum(l1.amax(-1) / 4, log2e * (finite_abs(r) * l1).sum(-1)).max())
+    if value == 0:
+        return LOG2_RANGE_MIN
+    return math.ceil(math.log2(value)) if math.isfinite(value) else 2048   # float64 inputs past 2^1024
 
 
 def _check_grad_nll(grad_nll: Any, targets: Tensor, W: Tensor) -> None:
@@ -194,8 +232,9 @@ def _check_grad_nll(grad_nll: Any, targets: Tensor, W: Tensor) -> None:
         )
 
 
-def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> bool:
-    """One device sync: raise if a target is out of range; return whether W and r are all finite.
+def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> tuple[bool, float, float]:
+    """One device sync: raise if a target is out of range; return whether W and r are all finite, and
+    their largest finite magnitudes (for `log2_range`).
 
     On CUDA one probe kernel (sick_bide_kernels.probe). Elsewhere a float64 sum, finite exactly
     when every summand is (finite float32 or half values cannot overflow it; a float64 input
@@ -203,23 +242,27 @@ def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> bool:
     exact), and the targets' aminmax: four small kernels and one copy.
     """
     if W.numel() == 0:
-        return True
+        return True, 0.0, 0.0
     has_targets = targets is not None and targets.numel() > 0
     if kernels.usable(W):
-        lo, hi, all_finite = kernels.probe(W, r, targets.long() if has_targets else None)
+        lo, hi, all_finite, w_max, r_max = kernels.probe(W, r, targets.long() if has_targets else None)
     else:
-        probes = [W.sum(dtype=torch.float64) + r.sum(dtype=torch.float64)]
+        def finite_max(x: Tensor) -> Tensor:
+            x = x.abs().to(torch.float64)
+            return torch.where(x < math.inf, x, 0.0).amax()
+        probes = [W.sum(dtype=torch.float64) + r.sum(dtype=torch.float64), finite_max(W), finite_max(r)]
         if has_targets:
             probes.extend(torch.aminmax(targets.long()))     # long: aminmax has no unsigned kernels
         values = torch.stack([p.to(torch.float64) for p in probes]).tolist()
         # float64 keeps the sign and any value >= 2^32 out of range, so the test is exact.
-        all_finite, (lo, hi) = math.isfinite(values[0]), values[1:] if has_targets else (0, 0)
+        all_finite, w_max, r_max = math.isfinite(values[0]), values[1], values[2]
+        lo, hi = values[3:] if has_targets else (0, 0)
     if has_targets and (lo < 0 or hi >= 1 << n_bits):
         lo, hi = (int(v) for v in torch.aminmax(targets.long()))     # exactly (a float64 may have rounded)
         bad = lo if lo < 0 else hi
         where = tuple(int(i) for i in (targets.long() == bad).nonzero()[0].tolist())
         raise InputError(f"targets{list(where)} = {bad} is outside 0 <= targets < 2^n_bits = {1 << n_bits}")
-    return all_finite
+    return all_finite, w_max, r_max
 
 
 def resolve(
