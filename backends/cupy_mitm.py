@@ -31,8 +31,9 @@ Launches on torch's current stream of the input's device (cupy ExternalStream), 
 and writes torch tensors zero-copy (their device pointers), allocates nothing itself (the partial-state
 workspace for small batches comes from torch's allocator, so peak memory counts it).
 No atomics: repeated calls agree to the last bit.
-Limits: n_bits 1..32, H up to 64, any B; float32, float16 and bfloat16 inputs (tables and
-accumulation in float32); CUDA only.
+Limits: n_bits 1..32, H up to 64, any B, log2_range <= 126 (harness/problems/sick_bide.py: the
+tables and their sums stay finite); float32, float16 and bfloat16 inputs (tables and accumulation
+in float32); CUDA only.
 """
 
 from __future__ import annotations

@@ -35,10 +35,12 @@ built once per (row, chunk of tiles) work item, and walks work items until none 
 left. Chunks of a row merge with the partial-state merge, so any [k_start, k_stop)
 works and small batches still fill the GPU.
 
-Cost per triple: forward 2 useful instructions (max, fma) plus ~0.6 of loads and
-loop overhead; the fused pass adds a compare, a select and two marginal sums whose
-cross-thread reductions Triton's layouts make expensive (PERFORMANCE.md).
-Limits: n_bits 1..32 (codes in int64), any H and B; float32, float16 and bfloat16
+Cost per triple (Nsight Compute, PERFORMANCE.md): forward 2 adds plus ~0.5 of table loads (Qlo is a
+broadcast, which Triton loads one scalar at a time) and ~0.3 of loop control and exponentials; the
+fused pass adds a compare, a select and two marginal sums, and Triton's layout of A (16 lo rows x 2 mid
+columns per thread) makes the sum over mid codes 5 shuffle levels per row (~15 instructions per triple).
+Limits: n_bits 1..32 (codes in int64), any H and B, log2_range <= 126 (harness/problems/sick_bide.py:
+the tables and their sums stay finite); float32, float16 and bfloat16
 inputs, tables and accumulation in float32. CUDA, or the CPU under TRITON_INTERPRET=1.
 """
 
