@@ -116,8 +116,8 @@ def _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO: tl.constexpr
 @jit
 def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge, max_form,
                  BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, ABS: tl.constexpr):
-    """l [BLOCK_LO, BLOCK_MID] of `tile` in base 2. On an edge tile (the range's first or last,
-    or tables padded past 2^n) codes outside the tables or outside [k_start, k_stop) are -inf.
+    """l [BLOCK_LO, BLOCK_MID] of `tile` in base 2. On an edge tile (one with a code outside
+    [k_start, k_stop) or past 2^n in padded tables) those codes are -inf.
 
     ABS (the forward kernel): r relu(z) = r z / 2 + s |r| |z| / 2. Its tables hold half the module
     docstring's (c, R_mid and R_top halved) and R_lo; the linear half is R_lo + R_mid + R_top, and

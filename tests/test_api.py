@@ -200,15 +200,18 @@ def test_weights_near_the_float32_limit(sick_bide_variant):
 # where z = +-4e38 overflows float32 for two of the four codes (and is an exact 0 for the other two), yet every
 # logit -relu(z) has a finite limit (0 where z = -inf, -inf where z = +inf): lse = log 3, gradients 0. Its
 # log2_range is 129, past the float32 tables' 126 (harness/problems/sick_bide.py, FLOAT32_TABLES), so the
-# table backends refuse it by name. And W = [2^125, 2^125] with r = 2^-3, log2_range 124: everyone answers.
+# table backends refuse it by name. And W = [2^125, 2^125] with r = 2^-3, log2_range 125: everyone answers.
 OVERFLOW_CASES = {"past the tables' range": (2.0e38, -1.0), "within it": (2.0**125, 2.0**-3)}
 
 
 def _large_pre_activations(device, w, r0):
     """W = [w, w], r = r0, targets 0 and 1, with the float64 reference's answer."""
-    W = torch.tensor([[[w, w]]], device=device)
-    r = torch.tensor([[r0]], device=device)
-    targets = torch.tensor([[0, 1]], device=device)
+    return _with_reference(torch.tensor([[[w, w]]], device=device), torch.tensor([[r0]], device=device),
+                           torch.tensor([[0, 1]], device=device))
+
+
+def _with_reference(W, r, targets):
+    """(W, r, targets) and the float64 reference's nll, lse, dW and dr."""
     ref_W, ref_r = W.double().cpu().requires_grad_(), r.double().cpu().requires_grad_()
     ref_nll, ref_lse = sick_bide.loss(ref_W, ref_r, targets.cpu(), backend="reference")
     (ref_nll.sum() + ref_lse.sum()).backward()
@@ -219,7 +222,7 @@ def _refused_past_the_tables_range(backend, W, r, targets, sick_bide_variant) ->
     """True (after checking the refusal) where `backend` declares the float32 tables' range and W, r are past it."""
     if "log2_range" not in backend.limits or sick_bide.validate(W, r)["log2_range"] <= backend.limits["log2_range"][1]:
         return False
-    with pytest.raises(UnsupportedError, match=r"log2_range=129 .*L1_h = sum_j \|W\[h, j\]\|.*'chunked'"):
+    with pytest.raises(UnsupportedError, match=r"log2_range=\d+ .*L1_h = sum_j \|W\[h, j\]\|.*'chunked'"):
         call(sick_bide_variant, W, r, targets)
     return True
 
@@ -237,6 +240,49 @@ def test_pre_activations_past_float32_give_the_finite_loss(sick_bide_variant, ca
         nll, lse = call(sick_bide_variant, W, r, targets)
     torch.testing.assert_close(lse.double().cpu(), ref_lse, rtol=tol, atol=tol)
     torch.testing.assert_close(nll.double().cpu(), ref_nll, rtol=tol, atol=tol)
+
+
+# Where a table, not a logit, leaves float32 (a review found both accepted by a looser bound, and Triton's
+# table kernels wrong on them): n = 7 with W = 2^127 on bits 5 and 6 (their table sums reach 2^128), and a
+# unit with r = 0, whose tables the kernels scale by log2 e (its mask needs c > 0), with L1 = 2.5e38.
+TABLE_OVERFLOW_CASES = {
+    "a table sum reaches 2^128": ([[[0.0] * 5 + [2.0**127] * 2]], [[-(2.0**-10)]], [[0, 32]]),   # z = -inf, 0
+    "a unit with r = 0": ([[[1.5e38, 1.0e38], [1.0, 1.0]]], [[0.0, 1.0]], [[0, 3]]),
+}
+
+
+@pytest.mark.parametrize("case", list(TABLE_OVERFLOW_CASES))
+def test_tables_past_float32_are_refused_or_answered(sick_bide_variant, case):
+    """The table backends refuse by name; every other backend gives the float64 reference's loss."""
+    backend, _, device = sick_bide_variant
+    if torch.float32 not in backend.dtypes:
+        pytest.skip(f"{backend.name} has no float32; this case needs its range")
+    W, r, targets = (torch.tensor(x, device=device) for x in TABLE_OVERFLOW_CASES[case])
+    W, r, targets, ref_nll, ref_lse, _, _ = _with_reference(W, r, targets)
+    if _refused_past_the_tables_range(backend, W, r, targets, sick_bide_variant):
+        return
+    tol = 8 * torch.finfo(torch.float32).eps
+    with torch.no_grad():
+        nll, lse = call(sick_bide_variant, W, r, targets)
+    torch.testing.assert_close(lse.double().cpu(), ref_lse, rtol=tol, atol=tol)
+    torch.testing.assert_close(nll.double().cpu(), ref_nll, rtol=tol, atol=tol)
+
+
+def test_partial_states_across_code_2_to_the_31(sick_bide_variant):
+    """n = 32, codes [2^31 - 2^14, 2^31 - 2^13): tile offsets past int32 must not wrap (a review found Triton's
+    edge test shifting an int32 tile, which summed twice the codes). Checked against the float64 reference."""
+    backend, config, device = sick_bide_variant
+    if "k_ranges" not in backend.features or torch.float32 not in backend.dtypes:
+        pytest.skip(f"{backend.name} has no k-ranges or no float32")
+    gen = torch.Generator().manual_seed(3)
+    W = (0.1 * torch.randn(2, 3, 32, generator=gen)).to(device)
+    r = torch.randn(2, 3, generator=gen).to(device)
+    k_start = (1 << 31) - (1 << 14)
+    k_stop = k_start + (1 << 13)
+    got = sick_bide.partial_state(W, r, k_start, k_stop, backend=backend.name, config=config)
+    ref = sick_bide.partial_state(W.double(), r.double(), k_start, k_stop, backend="reference")
+    got_lse, ref_lse = (got.m + got.s.log()).double().cpu(), (ref.m + ref.s.log()).cpu()
+    torch.testing.assert_close(got_lse, ref_lse, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", list(OVERFLOW_CASES))

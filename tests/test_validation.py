@@ -3,6 +3,8 @@ raised before any kernel runs, leaving the inputs untouched."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -137,7 +139,7 @@ def test_materialisation_over_the_memory_budget_is_refused(monkeypatch):
     monkeypatch.setenv("FUSEDBENCH_MEMORY_BUDGET", "1MiB")
     W, r, targets = good(batch=4, hidden=8, n_bits=12)
     with pytest.raises(UnsupportedError, match=r"backend 'reference' would need 2\.5 MiB of workspace for "
-                       r"batch=4, hidden=8, n_bits=12, targets_per_row=1, log2_range=\d+, over the memory budget "
+                       r"batch=4, hidden=8, n_bits=12, targets_per_row=1, log2_range=-?\d+, over the memory budget "
                        r"of 1\.0 MiB"):
         sick_bide.loss(W, r, targets, backend="reference")
 
@@ -173,3 +175,31 @@ def test_unsigned_targets_are_accepted():
     torch.testing.assert_close(nll, ref)
     with pytest.raises(InputError, match=r"targets\[0\] = 200 is outside"):
         sick_bide.loss(W, r, torch.tensor([200, 1, 2], dtype=torch.uint8), backend="chunked")
+
+
+def test_log2_range_is_the_float32_tables_reach():
+    """`log2_range` (FLOAT32_TABLES): the largest of max_h L1_h 2^126 / float32 max, log2(e) L1_h of units with
+    r = 0 and log2(e) sum_h |r_h| L1_h over finite rows, rounded up; exact where the probe's bound is too loose."""
+    def log2_range(W, r):
+        return sick_bide.validate(torch.tensor(W), torch.tensor(r))["log2_range"]
+    assert log2_range([[[0.0, 0.0]]], [[1.0]]) == sick_bide.LOG2_RANGE_MIN
+    assert log2_range([[[3.4e38], [-1.0]]], [[2e-38, 2.0]]) == 126          # W at float32's max, accepted
+    assert log2_range([[[2.0**127, 2.0**127]]], [[-(2.0**-10)]]) == 127     # the table sum reaches 2^128
+    assert log2_range([[[1.5e38, 1.0e38], [1.0, 1.0]]], [[0.0, 1.0]]) == 129   # r = 0: c = log2 e
+    # Row 0 has the large W, row 1 the large r: the probe's bound max|W| max|r| is 2^228, the rows' 121.
+    assert log2_range([[[1e37, 0.0], [0.0, 0.0]], [[0.0, 1.0], [0.0, 0.0]]], [[1e-30, 0.5], [1e30, 2.0]]) == 121
+    # A row with NaN goes the NaN way; its 3e38 does not count.
+    assert log2_range([[[math.nan, 3e38]], [[1.0, 1.0]]], [[1.0], [1.0]]) == 2
+    assert sick_bide.validate(torch.full((1, 1, 2), 1e300, dtype=torch.float64),
+                              torch.full((1, 1), 1e300, dtype=torch.float64))["log2_range"] == 2048
+
+
+def test_auto_falls_back_past_the_tables_range():
+    """backend="auto" skips a backend whose log2_range limit the inputs pass, for the next that can run them."""
+    registry.load()
+    sizes = {"batch": 1, "hidden": 1, "n_bits": 2, "targets_per_row": 1, "log2_range": 129}
+    chosen = sick_bide.resolve("auto", "default", sizes, torch.float32, "cpu")
+    assert chosen.limits.get("log2_range", (0, 129))[1] >= 129, chosen.name
+    W, r = torch.tensor([[[2.0e38, 2.0e38]]]), torch.tensor([[-1.0]])
+    _, lse = sick_bide.loss(W, r, torch.tensor([[0]]))            # auto: a backend that can hold it
+    assert abs(float(lse[0]) - math.log(3.0)) < 1e-6, float(lse[0])

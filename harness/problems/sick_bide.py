@@ -53,18 +53,22 @@ N_BITS_MAX = 32
 DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 # `log2_range`, a size `validate` derives from the values of W and r: log2 of the largest magnitude the
-# float32 tables of a folded backend (and their sums over units) can reach, rounded up. With
-# L1[b, h] = sum_j |W[b, h, j]| over the finite entries (NaN rows go their own way):
-#     max over rows b of  max(max_h L1[b, h] / 4,  log2(e) sum_h |r[b, h]| L1[b, h])
-# L1 bounds a unit's tables of sums of +-W and its z; log2(e) sum_h |r_h| L1_h bounds the base-2 logits'
-# halves s max(c a, -c b) and r b summed over units, which a kernel adds separately, so each can overflow
-# where the logit does not. Backends with such tables declare FLOAT32_TABLES in their limits.
-LOG2_RANGE_MIN = -1100      # below any float's log2: W = 0 or r = 0
+# float32 tables of a folded backend (and their sums over units) can reach, in units where 2^126 is the
+# most they hold, rounded up. With L1[b, h] = sum_j |W[b, h, j]| over the rows whose W and r are finite
+# (rows with NaN or inf go their own way):
+#     max over rows b of the largest of
+#         max_h L1[b, h] 2^126 / float32 max      a unit's tables of sums of +-W (and its z) stay finite
+#         log2(e) max_{h: r = 0} L1[b, h]         c = log2 e scales such a unit's tables (its mask needs c > 0)
+#         log2(e) sum_h |r[b, h]| L1[b, h]        the base-2 logits' halves s max(c a, -c b) and r b over units
+# A kernel adds the two halves separately, so each can overflow where the logit does not. Backends with such
+# tables declare FLOAT32_TABLES in their limits.
+LOG2_RANGE_MIN = -1100      # below any float's log2: W = 0
 FLOAT32_TABLES = (
     LOG2_RANGE_MIN, 126,
-    "log2_range is log2 of the largest of max_h L1_h / 4 and log2(e) sum_h |r_h| L1_h over rows, with "
-    "L1_h = sum_j |W[h, j]|; past 2^126 this backend's float32 tables or their sums can overflow (NaN where the "
-    "loss is finite): use backend 'chunked' or 'reference' for such inputs",
+    "log2_range is log2 of the largest of max_h L1_h 2^126 / float32 max, log2(e) L1_h of units with r_h = 0 "
+    "and log2(e) sum_h |r_h| L1_h over rows, with L1_h = sum_j |W[h, j]|; past 2^126 this backend's float32 "
+    "tables or their sums can overflow (NaN where the loss is finite): use backend 'chunked' or 'reference' "
+    "for such inputs",
 )
 KERNELS = ("partial_state", "loss")
 
@@ -209,17 +213,22 @@ def _log2_range(W: Tensor, r: Tensor, w_max: float, r_max: float) -> int:
     upper bound; only where that passes 2^126 (inputs near float32's range) the exact value, by a few
     more reductions and one more sync."""
     _, hidden, n_bits = W.shape
-    log2e = 1.4426950408889634
-    value = max(n_bits * w_max / 4, log2e * hidden * n_bits * r_max * w_max)
+    log2e, per_float32_max = 1.4426950408889634, 2.0**126 / float(torch.finfo(torch.float32).max)
+    value = max(n_bits * w_max * per_float32_max, log2e * n_bits * w_max * max(1.0, hidden * r_max))
     if value > 2.0**126:
-        def finite_abs(x: Tensor) -> Tensor:
-            x = x.detach().abs().to(torch.float64)
-            return torch.where(x < math.inf, x, 0.0)
-        l1 = finite_abs(W).sum(-1)                                                # [B, H]
-        value = float(torch.maximum(l1.amax(-1) / 4, log2e * (finite_abs(r) * l1).sum(-1)).max())
+        W, r = W.detach(), r.detach()
+        rows = torch.isfinite(W).flatten(1).all(1) & torch.isfinite(r).all(1)              # [B]
+        l1 = torch.where(rows[:, None], W.abs().sum(-1, dtype=torch.float64), 0.0)       # [B, H]
+        r_abs = torch.where(rows[:, None], r.abs().to(torch.float64), 0.0)
+        terms = torch.stack((l1.amax() * per_float32_max, log2e * torch.where(r_abs == 0, l1, 0.0).amax(),
+                             log2e * (r_abs * l1).sum(-1).amax()))
+        value = float(terms.max())
     if value == 0:
         return LOG2_RANGE_MIN
-    return math.ceil(math.log2(value)) if math.isfinite(value) else 2048   # float64 inputs past 2^1024
+    if not math.isfinite(value):
+        return 2048                                     # float64 inputs past 2^1024
+    mantissa, exponent = math.frexp(value)              # value = mantissa 2^exponent, 1/2 <= mantissa < 1
+    return exponent - 1 if mantissa == 0.5 else exponent   # ceil(log2(value)), exactly
 
 
 def _check_grad_nll(grad_nll: Any, targets: Tensor, W: Tensor) -> None:
