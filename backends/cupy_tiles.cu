@@ -178,13 +178,6 @@ __device__ __forceinline__ void mid_table(const Tables& tb, int Hp, bool with_to
     }
 }
 
-// R_top = sum_h r_h P_top[h] (base 2; halved with FORWARD's tables), summed by every warp: no barrier.
-__device__ __forceinline__ float tile_r_top(const float* r2, const float* ptop, int H) {
-    float r_top = 0.f;
-    for (int h = threadIdx.x & 31; h < H; h += 32) r_top += r2[h] * ptop[h];
-    return warp_sum(r_top);
-}
-
 // The item's fixed tables: c, s, r log2 e, P_a, P_b, R_mid and qlo (or, FORWARD, the slots, R_lo, P_lo
 // and qhi, with c and r log2 e halved). Tables are indexed by slot: the unit itself, or (FORWARD) units
 // with r > 0, then r < 0, then r = 0 (or NaN, kept with r > 0 so that it reaches the logits).
@@ -294,7 +287,9 @@ __device__ float tile_tables(const Item& it, const Tables& tb, long long tile) {
     } else {
         mid_table(tb, Hp, true);
     }
-    const float r_top = tile_r_top(tb.r2, tb.ptop, H);   // every warp sums it: no extra barrier
+    float r_top = 0.f;                                 // every warp sums it: no extra barrier
+    for (int h = t & 31; h < H; h += 32) r_top += tb.r2[h] * tb.ptop[h];
+    r_top = warp_sum(r_top);
     __syncthreads();
     return r_top;
 }

@@ -67,7 +67,7 @@ def _edge(tile, tile_bits, k_start, k_stop, padded):
     """Whether some code of `tile` is outside [k_start, k_stop) or the tables (`padded`): only then
     does it need the masks (the first and last tiles of a whole range need none)."""
     start = tl.cast(tile, tl.int64) << tile_bits      # tile may be int32: codes reach 2^32
-    return padded | (start < k_start) | ((tl.cast(tile, tl.int64) + 1) << tile_bits > k_stop)
+    return padded | (start < k_start) | (start + (1 << tile_bits) > k_stop)
 
 
 @jit(do_not_specialize=_RUNTIME_INTS)

@@ -196,22 +196,28 @@ def test_weights_near_the_float32_limit(sick_bide_variant):
         assert right, (r0, float(lse), float(nll), float(expected), float(expected - l_code[1]))
 
 
-# Two cases past what the abs form's own tables hold (their rows take the max form): W = [2e38, 2e38] with r = -1,
-# where z = +-4e38 overflows float32 for two of the four codes (and is an exact 0 for the other two), yet every
-# logit -relu(z) has a finite limit (0 where z = -inf, -inf where z = +inf): lse = log 3, gradients 0. Its
-# log2_range is 129, past the float32 tables' 126 (harness/problems/sick_bide.py, FLOAT32_TABLES), so the
-# table backends refuse it by name. And W = [2^125, 2^125] with r = 2^-3, log2_range 125: everyone answers.
-OVERFLOW_CASES = {"past the tables' range": (2.0e38, -1.0), "within it": (2.0**125, 2.0**-3)}
+# Large pre-activations, as (W, r, targets), answered by every backend or refused by name by the table backends
+# (FLOAT32_TABLES in harness/problems/sick_bide.py). W = [2e38, 2e38] with r = -1: z = +-4e38 overflows float32
+# for two of the four codes (and is an exact 0 for the other two), yet every logit -relu(z) has a finite limit
+# (0 where z = -inf, -inf where z = +inf): lse = log 3, gradients 0; its log2_range is 129, past the tables'
+# 126. W = [2^125, 2^125] with r = 2^-3, log2_range 125: within it, and past what the abs form's own tables
+# hold (its rows take the max form).
+OVERFLOW_CASES = {
+    "past the tables' range": ([[[2.0e38, 2.0e38]]], [[-1.0]], [[0, 1]]),
+    "within it": ([[[2.0**125, 2.0**125]]], [[2.0**-3]], [[0, 1]]),
+}
+# Where a table, not a logit, leaves float32 (a review found both accepted by a looser bound, and Triton's
+# table kernels wrong on them): n = 7 with W = 2^127 on bits 5 and 6 (their table sums reach 2^128), and a
+# unit with r = 0, whose tables the kernels scale by log2 e (its mask needs c > 0), with L1 = 2.5e38.
+TABLE_OVERFLOW_CASES = {
+    "a table sum reaches 2^128": ([[[0.0] * 5 + [2.0**127] * 2]], [[-(2.0**-10)]], [[0, 32]]),   # z = -inf, 0
+    "a unit with r = 0": ([[[1.5e38, 1.0e38], [1.0, 1.0]]], [[0.0, 1.0]], [[0, 3]]),
+}
 
 
-def _large_pre_activations(device, w, r0):
-    """W = [w, w], r = r0, targets 0 and 1, with the float64 reference's answer."""
-    return _with_reference(torch.tensor([[[w, w]]], device=device), torch.tensor([[r0]], device=device),
-                           torch.tensor([[0, 1]], device=device))
-
-
-def _with_reference(W, r, targets):
-    """(W, r, targets) and the float64 reference's nll, lse, dW and dr."""
+def _with_reference(case, device):
+    """(W, r, targets) of `case` on device and the float64 reference's nll, lse, dW and dr."""
+    W, r, targets = (torch.tensor(x, device=device) for x in case)
     ref_W, ref_r = W.double().cpu().requires_grad_(), r.double().cpu().requires_grad_()
     ref_nll, ref_lse = sick_bide.loss(ref_W, ref_r, targets.cpu(), backend="reference")
     (ref_nll.sum() + ref_lse.sum()).backward()
@@ -227,42 +233,16 @@ def _refused_past_the_tables_range(backend, W, r, targets, sick_bide_variant) ->
     return True
 
 
-@pytest.mark.parametrize("case", list(OVERFLOW_CASES))
+@pytest.mark.parametrize("case", [*OVERFLOW_CASES, *TABLE_OVERFLOW_CASES])
 def test_pre_activations_past_float32_give_the_finite_loss(sick_bide_variant, case):
     backend, _, device = sick_bide_variant
     if torch.float32 not in backend.dtypes:
         pytest.skip(f"{backend.name} has no float32; this case needs its range")
-    W, r, targets, ref_nll, ref_lse, _, _ = _large_pre_activations(device, *OVERFLOW_CASES[case])
+    W, r, targets, ref_nll, ref_lse, _, _ = _with_reference({**OVERFLOW_CASES, **TABLE_OVERFLOW_CASES}[case], device)
     if _refused_past_the_tables_range(backend, W, r, targets, sick_bide_variant):
         return
     tol = 8 * torch.finfo(torch.float32).eps
     with torch.no_grad():                               # the forward-only kernels
-        nll, lse = call(sick_bide_variant, W, r, targets)
-    torch.testing.assert_close(lse.double().cpu(), ref_lse, rtol=tol, atol=tol)
-    torch.testing.assert_close(nll.double().cpu(), ref_nll, rtol=tol, atol=tol)
-
-
-# Where a table, not a logit, leaves float32 (a review found both accepted by a looser bound, and Triton's
-# table kernels wrong on them): n = 7 with W = 2^127 on bits 5 and 6 (their table sums reach 2^128), and a
-# unit with r = 0, whose tables the kernels scale by log2 e (its mask needs c > 0), with L1 = 2.5e38.
-TABLE_OVERFLOW_CASES = {
-    "a table sum reaches 2^128": ([[[0.0] * 5 + [2.0**127] * 2]], [[-(2.0**-10)]], [[0, 32]]),   # z = -inf, 0
-    "a unit with r = 0": ([[[1.5e38, 1.0e38], [1.0, 1.0]]], [[0.0, 1.0]], [[0, 3]]),
-}
-
-
-@pytest.mark.parametrize("case", list(TABLE_OVERFLOW_CASES))
-def test_tables_past_float32_are_refused_or_answered(sick_bide_variant, case):
-    """The table backends refuse by name; every other backend gives the float64 reference's loss."""
-    backend, _, device = sick_bide_variant
-    if torch.float32 not in backend.dtypes:
-        pytest.skip(f"{backend.name} has no float32; this case needs its range")
-    W, r, targets = (torch.tensor(x, device=device) for x in TABLE_OVERFLOW_CASES[case])
-    W, r, targets, ref_nll, ref_lse, _, _ = _with_reference(W, r, targets)
-    if _refused_past_the_tables_range(backend, W, r, targets, sick_bide_variant):
-        return
-    tol = 8 * torch.finfo(torch.float32).eps
-    with torch.no_grad():
         nll, lse = call(sick_bide_variant, W, r, targets)
     torch.testing.assert_close(lse.double().cpu(), ref_lse, rtol=tol, atol=tol)
     torch.testing.assert_close(nll.double().cpu(), ref_nll, rtol=tol, atol=tol)
@@ -290,7 +270,7 @@ def test_pre_activations_past_float32_give_finite_gradients(sick_bide_variant, c
     backend, _, device = sick_bide_variant
     if torch.float32 not in backend.dtypes:
         pytest.skip(f"{backend.name} has no float32; this case needs its range")
-    W, r, targets, ref_nll, ref_lse, ref_dW, ref_dr = _large_pre_activations(device, *OVERFLOW_CASES[case])
+    W, r, targets, ref_nll, ref_lse, ref_dW, ref_dr = _with_reference(OVERFLOW_CASES[case], device)
     if _refused_past_the_tables_range(backend, W, r, targets, sick_bide_variant):
         return
     if "loss" in backend.kernels and case == "past the tables' range":   # README, backends: its known limit

@@ -189,8 +189,7 @@ def _validate(W: Any, r: Any, targets: Any = None) -> tuple[dict[str, int], bool
         raise InputError(f"r must have shape [batch, hidden] = {[batch, hidden]} to match W, got {list(r.shape)}")
     sizes = {"batch": batch, "hidden": hidden, "n_bits": n_bits}
     if targets is None:
-        all_finite, w_max, r_max = _scan(W, r, None, n_bits)
-        sizes["log2_range"] = _log2_range(W, r, w_max, r_max)
+        all_finite, sizes["log2_range"] = _scan(W, r, None, n_bits)
         return sizes, all_finite
     if not isinstance(targets, Tensor):
         raise InputError(f"targets must be an integer torch.Tensor, got {type(targets).__name__}")
@@ -203,8 +202,7 @@ def _validate(W: Any, r: Any, targets: Any = None) -> tuple[dict[str, int], bool
             f"targets must have shape [batch] or [batch, S] with batch = {batch}, got {list(targets.shape)}"
         )
     sizes["targets_per_row"] = targets.shape[1] if targets.dim() == 2 else 1
-    all_finite, w_max, r_max = _scan(W, r, targets, n_bits)
-    sizes["log2_range"] = _log2_range(W, r, w_max, r_max)
+    all_finite, sizes["log2_range"] = _scan(W, r, targets, n_bits)
     return sizes, all_finite
 
 
@@ -241,9 +239,9 @@ def _check_grad_nll(grad_nll: Any, targets: Tensor, W: Tensor) -> None:
         )
 
 
-def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> tuple[bool, float, float]:
+def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> tuple[bool, int]:
     """One device sync: raise if a target is out of range; return whether W and r are all finite, and
-    their largest finite magnitudes (for `log2_range`).
+    `log2_range` (from their largest finite magnitudes, learnt in the same sync).
 
     On CUDA one probe kernel (sick_bide_kernels.probe). Elsewhere a float64 sum, finite exactly
     when every summand is (finite float32 or half values cannot overflow it; a float64 input
@@ -251,7 +249,7 @@ def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> tuple[bo
     exact), and the targets' aminmax: four small kernels and one copy.
     """
     if W.numel() == 0:
-        return True, 0.0, 0.0
+        return True, LOG2_RANGE_MIN
     has_targets = targets is not None and targets.numel() > 0
     if kernels.usable(W):
         lo, hi, all_finite, w_max, r_max = kernels.probe(W, r, targets.long() if has_targets else None)
@@ -271,7 +269,7 @@ def _scan(W: Tensor, r: Tensor, targets: Tensor | None, n_bits: int) -> tuple[bo
         bad = lo if lo < 0 else hi
         where = tuple(int(i) for i in (targets.long() == bad).nonzero()[0].tolist())
         raise InputError(f"targets{list(where)} = {bad} is outside 0 <= targets < 2^n_bits = {1 << n_bits}")
-    return all_finite, w_max, r_max
+    return all_finite, _log2_range(W, r, w_max, r_max)
 
 
 def resolve(
