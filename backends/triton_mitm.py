@@ -35,13 +35,14 @@ built once per (row, chunk of tiles) work item, and walks work items until none 
 left. Chunks of a row merge with the partial-state merge, so any [k_start, k_stop)
 works and small batches still fill the GPU.
 
-Cost per triple (Nsight Compute, PERFORMANCE.md): forward 2 adds plus ~0.5 of table loads (Qlo is a
-broadcast, which Triton loads one scalar at a time) and ~0.3 of loop control and exponentials; the
-fused pass adds a compare, a select and two marginal sums, and Triton's layout of A (16 lo rows x 2 mid
-columns per thread) makes the sum over mid codes 5 shuffle levels per row (~15 instructions per triple).
+Cost per triple (Nsight Compute, PERFORMANCE.md): forward 2 adds plus ~0.3-0.5 of table loads (Qlo is
+a broadcast, which Triton loads one scalar at a time, so the forward reads it in int64 pairs) and ~0.3
+of loop control and exponentials; the fused pass adds a compare, a select and two marginal sums, and
+Triton's layout of A (16 lo rows x 2 mid columns per thread) makes the sum over mid codes 5 shuffle
+levels per row (~15 instructions per triple).
 Limits: n_bits 1..32 (codes in int64), any H and B, log2_range <= 126 (harness/problems/sick_bide.py:
-the tables and their sums stay finite); float32, float16 and bfloat16
-inputs, tables and accumulation in float32. CUDA, or the CPU under TRITON_INTERPRET=1.
+the tables and their sums stay finite); float32, float16 and bfloat16 inputs, tables and
+accumulation in float32. CUDA, or the CPU under TRITON_INTERPRET=1.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ from harness.problems.sick_bide import FLOAT32_TABLES, PartialState, merge_chunk
 from harness.triton_helpers import DEVICES, INTERPRET, jit, tl, unavailable
 
 # Sizes vary call to call; specialising on them (value 1, multiples of 16) would recompile per shape.
-_RUNTIME_INTS = ["H", "n_bits", "n_lo", "n_mid", "n_top", "k_start", "k_stop", "first_tile", "last_tile", "chunks",
-                 "tiles_per_chunk", "n_items"]
+_RUNTIME_INTS = ["slot", "H", "n_bits", "n_lo", "n_mid", "n_top", "k_start", "k_stop", "first_tile", "last_tile",
+                 "chunks", "tiles_per_chunk", "n_items"]
 
 
 @jit
@@ -71,12 +72,12 @@ def _edge(tile, tile_bits, k_start, k_stop, padded):
 
 
 @jit(do_not_specialize=_RUNTIME_INTS)
-def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr,
+def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, slot,
                     H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
                     chunks, tiles_per_chunk, n_items,
                     HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr):
     """For each work item (row, chunk): (m, s) over the chunk's tiles, written at item."""
-    scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * (H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID + BLOCK_LO)
+    scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * slot
     padded = ((1 << n_lo) < BLOCK_LO) | ((1 << n_mid) < BLOCK_MID)
     tile_bits = n_lo + n_mid
     for item in range(tl.program_id(0), n_items, tl.num_programs(0)):
@@ -141,7 +142,7 @@ def _fold(acc_ptr, d_ptr, h0, H, n_bits, col0, n_cols, K, HB: tl.constexpr, KB: 
 
 
 @jit(do_not_specialize=_RUNTIME_INTS)
-def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
+def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
                   H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
                   chunks, tiles_per_chunk, n_items,
                   HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr,
@@ -154,7 +155,7 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr,
     become D's lo and mid bits once per work item.
     """
     tables = H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID
-    scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * (tables + 2 * H * (BLOCK_LO + BLOCK_MID))
+    scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * slot
     stage_lo = scratch + tables
     stage_mid = stage_lo + H * BLOCK_LO
     acc_lo = stage_mid + H * BLOCK_MID
@@ -274,14 +275,15 @@ def _tables_state(
         per_program += 2 * hidden * (block_lo + block_mid)
     else:      # R_lo of the abs form
         per_program += block_lo
+    per_program = -(-per_program // 4) * 4      # 16-byte aligned slots: Qlo is read in 8-byte pairs
     scratch = torch.empty(grid[0], per_program, dtype=torch.float32, device=W.device)
     direct = chunks == 1
     m_ws = out.m if direct else torch.empty(batch, chunks, dtype=torch.float32, device=W.device)
     s_ws = out.s if direct else torch.empty(batch, chunks, dtype=torch.float32, device=W.device)
     d_ws = None
     args = (W.float().contiguous(), r.float().contiguous(), scratch, m_ws, s_ws)
-    sizes = (hidden, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile, chunks, tiles_per_chunk,
-             n_items)
+    sizes = (per_program, hidden, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile, chunks,
+             tiles_per_chunk, n_items)
     blocks = {"HB": 16, "BLOCK_LO": block_lo, "BLOCK_MID": block_mid, "MID_A_BITS": min(mid_bits, 5),
               "num_warps": num_warps}
     if maxnreg:   # a register cap (ptxas spills past it) buys resident programs, as CuPy's min_blocks does

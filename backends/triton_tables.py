@@ -103,14 +103,44 @@ def _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB: tl
 
 
 @jit
+def _unit_hi(r_row, scratch, h, H, offs_mid, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, ABS: tl.constexpr):
+    """(Qhi [BLOCK_MID], s) of hidden unit h of the current tile."""
+    c, sgn = _fold_r(tl.load(r_row + h), ABS)
+    p_top = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID) + BLOCK_MID + h)
+    return -c * (tl.load(scratch + H * BLOCK_LO + h * BLOCK_MID + offs_mid) + p_top), sgn
+
+
+@jit
 def _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr,
                  ABS: tl.constexpr):
     """(Qlo [BLOCK_LO], Qhi [BLOCK_MID], s) of hidden unit h of the current tile."""
-    c, sgn = _fold_r(tl.load(r_row + h), ABS)
-    p_top = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID) + BLOCK_MID + h)
-    q_lo = tl.load(scratch + h * BLOCK_LO + offs_lo)
-    q_hi = -c * (tl.load(scratch + H * BLOCK_LO + h * BLOCK_MID + offs_mid) + p_top)
-    return q_lo, q_hi, sgn
+    q_hi, sgn = _unit_hi(r_row, scratch, h, H, offs_mid, BLOCK_LO, BLOCK_MID, ABS)
+    return tl.load(scratch + h * BLOCK_LO + offs_lo), q_hi, sgn
+
+
+@jit
+def _lo_pairs(scratch, h, BLOCK_LO: tl.constexpr):
+    """Qlo of hidden unit h at the even and at the odd lo codes, [BLOCK_LO / 2] each.
+
+    Every thread holds all of a tile's lo codes, a broadcast Triton loads one scalar at a time
+    whatever the alignment; read as int64, each load brings two (slots are 16-byte aligned,
+    `partial_state`), and splitting the halves costs no instruction."""
+    pairs = tl.load(scratch.to(tl.pointer_type(tl.int64), bitcast=True) + h * (BLOCK_LO // 2)
+                    + tl.arange(0, BLOCK_LO // 2))
+    even = (pairs & 0xFFFFFFFF).to(tl.uint32).to(tl.float32, bitcast=True)     # little-endian: code 2i first
+    return even, (pairs >> 32).to(tl.uint32).to(tl.float32, bitcast=True)
+
+
+@jit
+def _split_rows(acc, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
+    """[BLOCK_LO, BLOCK_MID] -> its even and odd rows, [BLOCK_LO / 2, BLOCK_MID] each."""
+    return tl.split(tl.permute(tl.reshape(acc, [BLOCK_LO // 2, 2, BLOCK_MID]), [0, 2, 1]))
+
+
+@jit
+def _join_rows(even, odd, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
+    """The inverse of `_split_rows`."""
+    return tl.reshape(tl.permute(tl.join(even, odd), [0, 2, 1]), [BLOCK_LO, BLOCK_MID])
 
 
 @jit
@@ -135,12 +165,17 @@ def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, e
     if ABS and max_form == 0:
         r_lo = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID + offs_lo)
         acc += r_lo[:, None]
+        acc_even, acc_odd = _split_rows(acc, BLOCK_LO, BLOCK_MID)
         for h in range(0, H):
-            q_lo, q_hi, sgn = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID, ABS)
+            q_even, q_odd = _lo_pairs(scratch, h, BLOCK_LO)
+            q_hi, sgn = _unit_hi(r_row, scratch, h, H, offs_mid, BLOCK_LO, BLOCK_MID, ABS)
             if sgn > 0:
-                acc += tl.abs(q_lo[:, None] - q_hi[None, :])
+                acc_even += tl.abs(q_even[:, None] - q_hi[None, :])
+                acc_odd += tl.abs(q_odd[:, None] - q_hi[None, :])
             elif sgn < 0:
-                acc -= tl.abs(q_lo[:, None] - q_hi[None, :])
+                acc_even -= tl.abs(q_even[:, None] - q_hi[None, :])
+                acc_odd -= tl.abs(q_odd[:, None] - q_hi[None, :])
+        acc = _join_rows(acc_even, acc_odd, BLOCK_LO, BLOCK_MID)
     else:
         for h in range(0, H):
             q_lo, q_hi, sgn = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID, ABS)
