@@ -37,9 +37,10 @@ works and small batches still fill the GPU.
 
 Cost per triple (Nsight Compute, PERFORMANCE.md): forward 2 adds plus ~0.3-0.5 of table loads (Qlo is
 a broadcast, which Triton loads one scalar at a time, so the forward reads it in int64 pairs) and ~0.3
-of loop control and exponentials; the fused pass adds a compare, a select and two marginal sums, and
-Triton's layout of A (16 lo rows x 2 mid columns per thread) makes the sum over mid codes 5 shuffle
-levels per row (~15 instructions per triple).
+of loop control and exponentials; the fused pass adds a compare, a select and two marginal sums.
+Triton lays A out as 16 lo rows x 2 mid columns per thread, so its own sum over mid codes would be
+a 5-level shuffle tree per row (~14 instructions per triple); on CUDA a hand-written reduce-scatter
+(triton_lanes.py) does the same additions in the same order with a third of the instructions (~10).
 Limits: n_bits 1..32 (codes in int64), any H and B, log2_range <= 126 (harness/problems/sick_bide.py:
 the tables and their sums stay finite); float32, float16 and bfloat16 inputs, tables and
 accumulation in float32. CUDA, or the CPU under TRITON_INTERPRET=1.
@@ -52,6 +53,7 @@ import math
 import torch
 
 from backends import triton_brute
+from backends.triton_lanes import lanes_ok, row_of, row_sums
 from backends.triton_tables import _abs_risky, _build_tables, _hidden_unit, _tile_logits, _tile_top
 from harness import Backend
 from harness.autotune import AUTOTUNE
@@ -146,7 +148,7 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
                   H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
                   chunks, tiles_per_chunk, n_items,
                   HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr,
-                  N_TOP: tl.constexpr):
+                  N_TOP: tl.constexpr, LANES: tl.constexpr, WARPS: tl.constexpr):
     """For each work item (row, chunk): (m, s, D [H, n]) over the chunk's tiles, written at item.
 
     Per tile and hidden unit the two marginals of A are staged in scratch (stores only);
@@ -165,6 +167,7 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
     offs_lo = tl.arange(0, BLOCK_LO)
     offs_mid = tl.arange(0, BLOCK_MID)
     j_top = tl.arange(0, N_TOP)
+    lane = tl.arange(0, 32)
     for item in range(tl.program_id(0), n_items, tl.num_programs(0)):
         row = tl.cast(item // chunks, tl.int64)
         w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
@@ -190,7 +193,11 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
             for h in range(0, H):
                 q_lo, q_hi, _ = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID, False)
                 A = tl.where(q_lo[:, None] > q_hi[None, :], e, 0.0)                   # [BLOCK_LO, BLOCK_MID]
-                tl.store(stage_lo + h * BLOCK_LO + offs_lo, tl.sum(A, axis=1))
+                if LANES:
+                    tl.store(stage_lo + h * BLOCK_LO + row_of(lane, BLOCK_LO), row_sums(A, BLOCK_LO, BLOCK_MID, WARPS),
+                             mask=row_of(lane, BLOCK_LO) * (32 // BLOCK_LO) == lane)
+                else:
+                    tl.store(stage_lo + h * BLOCK_LO + offs_lo, tl.sum(A, axis=1))
                 tl.store(stage_mid + h * BLOCK_MID + offs_mid, tl.sum(A, axis=0))
             tl.debug_barrier()
             first = tile == t0
@@ -292,8 +299,8 @@ def _tables_state(
         _forward_kernel[grid](*args, *sizes, **blocks)
     else:
         d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=torch.float32, device=W.device)
-        _fused_kernel[grid](*args, d_ws, *sizes, **blocks,
-                            N_TOP=32)
+        _fused_kernel[grid](*args, d_ws, *sizes, **blocks, N_TOP=32, LANES=lanes_ok(block_lo, block_mid, num_warps),
+                            WARPS=num_warps)
     if not direct:
         merge_chunks(m_ws, s_ws, d_ws, out)
 
