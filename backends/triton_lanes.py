@@ -1,4 +1,4 @@
-"""Row sums of a tile through a hand-written shuffle butterfly (the fused kernel's sums over mid codes).
+"""Inline PTX for the fused kernel's marginals: the mask, and row sums by a hand-written shuffle butterfly.
 
 Triton lays the fused kernel's [ROWS, COLS] tiles out with lanes and warps along COLS and every
 row in each thread, and reduces along COLS with a shuffle tree per row: 5 levels of ROWS shuffles
@@ -38,6 +38,13 @@ selp.b32 kept, $2, $1, keep_high;
 shfl.sync.bfly.b32 got, sent, $4, 0x1f, 0xffffffff;
 add.f32 $0, kept, got;
 }""")
+# $1 if $2 > $3 else +0 (NaN compares false): a compare and a select per element, where Triton's
+# tl.where packs part of the [ROWS, COLS] comparison into integer bit masks under register pressure.
+_SELECT = _asm("""{
+.reg .pred greater;
+setp.gt.f32 greater, $2, $3;
+selp.b32 $0, $1, 0, greater;
+}""")
 _BUTTERFLY = _asm("""{
 .reg .b32 got;
 shfl.sync.bfly.b32 got, $1, $2, 0x1f, 0xffffffff;
@@ -70,6 +77,15 @@ def _butterfly(x, MASK: tl.constexpr, COLS: tl.constexpr):
     mask = tl.full([1, COLS], MASK, tl.int32)
     out = tl.inline_asm_elementwise(_BUTTERFLY, "=r,r,r", [x.to(tl.int32, bitcast=True), mask],
                                     dtype=tl.int32, is_pure=False, pack=1)
+    return out.to(tl.float32, bitcast=True)
+
+
+@jit
+def masked(e, a, b):
+    """e where a > b, else 0 (tensors broadcast to e's shape; compiled only, as `row_sums`)."""
+    out = tl.inline_asm_elementwise(_SELECT, "=r,r,r,r", [e.to(tl.int32, bitcast=True), a.to(tl.int32, bitcast=True),
+                                                          b.to(tl.int32, bitcast=True)],
+                                    dtype=tl.int32, is_pure=True, pack=1)
     return out.to(tl.float32, bitcast=True)
 
 

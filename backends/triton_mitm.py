@@ -40,7 +40,7 @@ a broadcast, which Triton loads one scalar at a time, so the forward reads it in
 of loop control and exponentials; the fused pass adds a compare, a select and two marginal sums.
 Triton lays A out as 16 lo rows x 2 mid columns per thread, so its own sum over mid codes would be
 a 5-level shuffle tree per row (~14 instructions per triple); on CUDA a hand-written reduce-scatter
-(triton_lanes.py) does the same additions in the same order with a third of the instructions (~10).
+and the mask in inline PTX (triton_lanes.py) do the same arithmetic in the same order in ~8.
 Limits: n_bits 1..32 (codes in int64), any H and B, log2_range <= 126 (harness/problems/sick_bide.py:
 the tables and their sums stay finite); float32, float16 and bfloat16 inputs, tables and
 accumulation in float32. CUDA, or the CPU under TRITON_INTERPRET=1.
@@ -53,8 +53,17 @@ import math
 import torch
 
 from backends import triton_brute
-from backends.triton_lanes import lanes_ok, row_of, row_sums
-from backends.triton_tables import _abs_risky, _build_tables, _hidden_unit, _tile_logits, _tile_top
+from backends.triton_lanes import lanes_ok, masked, row_of, row_sums
+from backends.triton_tables import (
+    _abs_risky,
+    _build_tables,
+    _hidden_unit,
+    _join_rows,
+    _lo_pairs,
+    _split_rows,
+    _tile_logits,
+    _tile_top,
+)
 from harness import Backend
 from harness.autotune import AUTOTUNE
 from harness.problems.sick_bide import FLOAT32_TABLES, PartialState, merge_chunks
@@ -143,6 +152,20 @@ def _fold(acc_ptr, d_ptr, h0, H, n_bits, col0, n_cols, K, HB: tl.constexpr, KB: 
              mask=(offs_h[:, None] < H) & (j[None, :] < n_cols))
 
 
+@jit
+def _masked(e, scratch, h, q_lo, q_hi, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
+    """A = e 1[Qlo > Qhi] [BLOCK_LO, BLOCK_MID] of unit h by inline PTX (`masked`). With 32 lo codes a
+    thread, Qlo is read in int64 pairs (`_lo_pairs`), measured faster there and not with 16."""
+    if BLOCK_LO >= 32:
+        q_even, q_odd = _lo_pairs(scratch, h, BLOCK_LO)
+        e_even, e_odd = _split_rows(e, BLOCK_LO, BLOCK_MID)
+        A = _join_rows(masked(e_even, q_even[:, None], q_hi[None, :]), masked(e_odd, q_odd[:, None], q_hi[None, :]),
+                       BLOCK_LO, BLOCK_MID)
+    else:
+        A = masked(e, q_lo[:, None], q_hi[None, :])
+    return A
+
+
 @jit(do_not_specialize=_RUNTIME_INTS)
 def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
                   H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
@@ -192,11 +215,12 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
             m = m_new
             for h in range(0, H):
                 q_lo, q_hi, _ = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID, False)
-                A = tl.where(q_lo[:, None] > q_hi[None, :], e, 0.0)                   # [BLOCK_LO, BLOCK_MID]
-                if LANES:
+                if LANES:      # CUDA, tiles of 16 or 32 lo codes: inline PTX (triton_lanes.py)
+                    A = _masked(e, scratch, h, q_lo, q_hi, BLOCK_LO, BLOCK_MID)
                     tl.store(stage_lo + h * BLOCK_LO + row_of(lane, BLOCK_LO), row_sums(A, BLOCK_LO, BLOCK_MID, WARPS),
                              mask=row_of(lane, BLOCK_LO) * (32 // BLOCK_LO) == lane)
                 else:
+                    A = tl.where(q_lo[:, None] > q_hi[None, :], e, 0.0)                   # [BLOCK_LO, BLOCK_MID]
                     tl.store(stage_lo + h * BLOCK_LO + offs_lo, tl.sum(A, axis=1))
                 tl.store(stage_mid + h * BLOCK_MID + offs_mid, tl.sum(A, axis=0))
             tl.debug_barrier()
