@@ -12,12 +12,18 @@ k FADD where the tree spends 2k SHFL and 2k FADD per level: ~60 instructions ins
 
 It relies on the layout: column c of the tile sits in lane c % 32 of warp (c // 32) % num_warps,
 the one Triton chooses for these tiles (threads per warp [1, 32], warps along the columns) when
-COLS is a multiple of 32 num_warps. `lanes_ok` says whether a tile shape gets it; the property
-tests on CUDA would fail on wrong marginals if a Triton version laid the tile out otherwise.
-Inline PTX does not run under TRITON_INTERPRET=1, where the kernel keeps `tl.sum`.
+COLS is a multiple of 32 num_warps. `lanes_ok` says whether a tile shape can get it, and
+`layout_ok` whether a compiled kernel did (triton_mitm.py checks each tile shape once, and a Triton
+release that lays the tile out otherwise gets the plain reductions: slower, still right;
+tests/test_triton_tiles.py compiles every shape for sm_90 in CI to notice). NVIDIA only: inline PTX
+runs neither under TRITON_INTERPRET=1, where the kernel keeps `tl.sum`, nor on ROCm.
 """
 
 from __future__ import annotations
+
+import re
+
+import torch
 
 from harness.triton_helpers import INTERPRET, jit, tl
 
@@ -53,9 +59,18 @@ add.f32 $0, $1, got;
 
 
 def lanes_ok(rows: int, cols: int, num_warps: int) -> bool:
-    """Whether `row_sums` applies to a [rows, cols] tile (compiled, rows 16 or 32, columns a
-    multiple of the threads)."""
-    return not INTERPRET and rows in (16, 32) and cols % (32 * num_warps) == 0
+    """Whether `row_sums` can apply to a [rows, cols] tile: compiled for NVIDIA, 16 or 32 rows, the
+    columns a multiple of the threads."""
+    return not INTERPRET and torch.version.hip is None and rows in (16, 32) and cols % (32 * num_warps) == 0
+
+
+def layout_ok(ttgir: str, num_warps: int) -> bool:
+    """Whether every shuffle in a compiled kernel (its TTGIR) acts on the layout `row_sums` assumes:
+    one element per thread per repetition, threads per warp [1, 32], warps [1, num_warps]."""
+    layouts = dict(re.findall(r"^#(\w+) = (#ttg\.blocked<\{[^}]*\}>)", ttgir, re.M))
+    want = f"sizePerThread = [1, 1], threadsPerWarp = [1, 32], warpsPerCTA = [1, {num_warps}]"
+    shuffled = re.findall(r'tt\.elementwise_inline_asm "[^"]*shfl\.sync[^"]*".*-> tensor<[^,>]+, #(\w+)>', ttgir)
+    return bool(shuffled) and all(want in layouts.get(name, "") for name in shuffled)
 
 
 @jit

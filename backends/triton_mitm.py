@@ -53,7 +53,7 @@ import math
 import torch
 
 from backends import triton_brute
-from backends.triton_lanes import lanes_ok, masked, row_of, row_sums
+from backends.triton_lanes import lanes_ok, layout_ok, masked, row_of, row_sums
 from backends.triton_tables import (
     _abs_risky,
     _build_tables,
@@ -244,6 +244,22 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
         tl.store(s_ptr + item, s)
 
 
+# (BLOCK_LO, BLOCK_MID, num_warps) -> whether the compiled fused kernel has the layout triton_lanes.py assumes.
+_LAYOUTS: dict[tuple[int, int, int], bool] = {}
+
+
+def _lanes(args: tuple, grid: tuple, blocks: dict, block_lo: int, block_mid: int, num_warps: int) -> bool:
+    """LANES for a fused tile: where `lanes_ok`, and the compiled kernel's layout is the one the shuffles
+    assume (checked once per tile shape; the compile is the launch's own, from Triton's cache)."""
+    if not lanes_ok(block_lo, block_mid, num_warps):
+        return False
+    key = (block_lo, block_mid, num_warps)
+    if key not in _LAYOUTS:
+        compiled = _fused_kernel.warmup(*args, grid=grid, **blocks, N_TOP=32, LANES=True, WARPS=num_warps)
+        _LAYOUTS[key] = layout_ok(compiled.asm["ttgir"], num_warps)
+    return _LAYOUTS[key]
+
+
 def _pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
@@ -258,6 +274,31 @@ def partial_state(W: torch.Tensor, r: torch.Tensor, k_start: int, k_stop: int, o
         triton_brute.partial_state(W, r, k_start, k_stop, out, **options)
     else:
         raise ValueError(f"design must be 'mitm' or 'brute', got {design!r}")
+
+
+def tile_split(n_bits: int, lo_bits: int, mid_bits: int) -> tuple[int, int, int, int, int]:
+    """(n_lo, n_mid, n_top, BLOCK_LO, BLOCK_MID) of a code of n_bits for the options lo_bits, mid_bits.
+
+    Blocks are the options', clamped to the codes there are (down to 16): a tile of a small n is
+    not mostly padding, and each (lo, mid) block pair is one compile shared by every larger n."""
+    n_lo = min(n_bits, lo_bits)
+    n_mid = min(n_bits - n_lo, mid_bits)
+    return n_lo, n_mid, n_bits - n_lo - n_mid, 1 << min(lo_bits, max(n_lo, 4)), 1 << min(mid_bits, max(n_mid, 4))
+
+
+def _check_options(**options: int) -> None:
+    """A ValueError naming the tile option out of its range (the forward's or the fused pass's set)."""
+    (lo_name, lo), (mid_name, mid), (warps_name, warps), (reg_name, reg) = options.items()
+    for name, value, low, high in ((lo_name, lo, 1, 6), (mid_name, mid, 1, 11)):
+        if not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{name} must be an int in {low}..{high}, got {value!r}")
+    if warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"{warps_name} must be 1, 2, 4, 8 or 16, got {warps!r}")
+    if (1 << (lo + mid)) > 256 * 32 * warps:   # registers: the tile's accumulators, per thread
+        raise ValueError(f"{lo_name} + {mid_name} = {lo + mid} makes tiles of more than 256 codes per thread "
+                         f"with {warps_name} = {warps}; at most {(256 * 32 * warps).bit_length() - 1}")
+    if not isinstance(reg, int) or not (reg == 0 or 24 <= reg <= 255):
+        raise ValueError(f"{reg_name} must be 0 (no cap) or an int in 24..255, got {reg!r}")
 
 
 def _tables_state(
@@ -277,17 +318,17 @@ def _tables_state(
     maxnreg: int = 0,
     fused_maxnreg: int = 0,
 ) -> None:
+    _check_options(lo_bits=lo_bits, mid_bits=mid_bits, num_warps=num_warps, maxnreg=maxnreg)
+    _check_options(fused_lo_bits=fused_lo_bits, fused_mid_bits=fused_mid_bits, fused_num_warps=fused_num_warps,
+                   fused_maxnreg=fused_maxnreg)
+    if not isinstance(programs_per_sm, int) or not 1 <= programs_per_sm <= 32:
+        raise ValueError(f"programs_per_sm must be an int in 1..32, got {programs_per_sm!r}")
     batch, hidden, n_bits = W.shape
     fused = out.D is not None
     if fused:
         lo_bits, mid_bits, num_warps, maxnreg = fused_lo_bits, fused_mid_bits, fused_num_warps, fused_maxnreg
-    n_lo = min(n_bits, lo_bits)
-    n_mid = min(n_bits - n_lo, mid_bits)
-    n_top = n_bits - n_lo - n_mid
-    # Blocks are the config's, clamped to the codes there are (down to 16): a tile of a small n is
-    # not mostly padding, and each (lo, mid) block pair is one compile shared by every larger n.
-    lo_bits, mid_bits = min(lo_bits, max(n_lo, 4)), min(mid_bits, max(n_mid, 4))
-    block_lo, block_mid = 1 << lo_bits, 1 << mid_bits
+    n_lo, n_mid, n_top, block_lo, block_mid = tile_split(n_bits, lo_bits, mid_bits)
+    mid_bits = block_mid.bit_length() - 1
 
     tile_bits = n_lo + n_mid
     first_tile, last_tile = k_start >> tile_bits, (k_stop - 1) >> tile_bits
@@ -323,8 +364,9 @@ def _tables_state(
         _forward_kernel[grid](*args, *sizes, **blocks)
     else:
         d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=torch.float32, device=W.device)
-        _fused_kernel[grid](*args, d_ws, *sizes, **blocks, N_TOP=32, LANES=lanes_ok(block_lo, block_mid, num_warps),
-                            WARPS=num_warps)
+        fused_args = (*args, d_ws, *sizes)
+        lanes = _lanes(fused_args, grid, blocks, block_lo, block_mid, num_warps)
+        _fused_kernel[grid](*fused_args, **blocks, N_TOP=32, LANES=lanes, WARPS=num_warps)
     if not direct:
         merge_chunks(m_ws, s_ws, d_ws, out)
 

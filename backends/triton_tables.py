@@ -2,7 +2,8 @@
 
 Scratch layout of a program's slot, in floats: Qlo [H, BLOCK_LO], P_mid [H, BLOCK_MID], R_mid
 [BLOCK_MID], P_top [H], and R_lo [BLOCK_LO] for the abs form (ABS, the forward kernel), whose
-tables hold half of the max form's (c, R_mid and R_top halved).
+tables hold half of the max form's (c, R_mid and R_top halved). Qlo comes first and slots are
+rounded to 4 floats, so its rows (BLOCK_LO even) can be read as aligned int64 pairs (`_lo_pairs`).
 """
 
 from __future__ import annotations
@@ -123,8 +124,8 @@ def _lo_pairs(scratch, h, BLOCK_LO: tl.constexpr):
     """Qlo of hidden unit h at the even and at the odd lo codes, [BLOCK_LO / 2] each.
 
     Every thread holds all of a tile's lo codes, a broadcast Triton loads one scalar at a time
-    whatever the alignment; read as int64, each load brings two (slots are 16-byte aligned,
-    `partial_state`), and splitting the halves costs no instruction."""
+    whatever the alignment; read as int64, each load brings two (Qlo starts each slot, slots are
+    16-byte aligned by `_tables_state`, BLOCK_LO is even), and splitting the halves costs no instruction."""
     pairs = tl.load(scratch.to(tl.pointer_type(tl.int64), bitcast=True) + h * (BLOCK_LO // 2)
                     + tl.arange(0, BLOCK_LO // 2))
     even = (pairs & 0xFFFFFFFF).to(tl.uint32).to(tl.float32, bitcast=True)     # little-endian: code 2i first

@@ -175,6 +175,14 @@ def test_triton_option_values_out_of_range_are_refused_by_name():
         sick_bide.partial_state(W, r, backend="triton", block_k=64)
     with pytest.raises(TypeError, match="lo_bits"):
         sick_bide.partial_state(W, r, backend="triton", config="brute", lo_bits=4)
+    with pytest.raises(ValueError, match=r"lo_bits must be an int in 1\.\.6, got 0"):
+        sick_bide.partial_state(W, r, backend="triton", lo_bits=0)
+    with pytest.raises(ValueError, match=r"fused_num_warps must be 1, 2, 4, 8 or 16, got 3"):
+        sick_bide.partial_state(W, r, want_grad=True, backend="triton", fused_num_warps=3)
+    with pytest.raises(ValueError, match=r"lo_bits \+ mid_bits = 16 makes tiles of more than 256 codes per thread"):
+        sick_bide.partial_state(W, r, backend="triton", lo_bits=6, mid_bits=10)
+    with pytest.raises(ValueError, match=r"programs_per_sm must be an int in 1\.\.32, got 0"):
+        sick_bide.partial_state(W, r, backend="triton", programs_per_sm=0)
 
 
 def test_weights_near_the_float32_limit(sick_bide_variant):

@@ -3,10 +3,17 @@
 On CUDA the fused kernel sums over mid codes with a hand-written shuffle butterfly
 (backends/triton_lanes.py) that relies on Triton's layout of the tile, so each shape the
 autotuner may pick is held to the tolerance policy here, not only the default the properties
-draw. Under TRITON_INTERPRET=1 (no GPU) the kernels keep `tl.sum`, on smaller sizes.
+draw. Under TRITON_INTERPRET=1 (no GPU) the kernels keep `tl.sum`, on smaller sizes; and every
+fused tile shape is compiled for sm_90 (no GPU needed) to check that it gets the layout the
+butterfly assumes, so a Triton release that changes it shows up in CI.
 """
 
 from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -28,8 +35,9 @@ if not TRITON_MISSING:
 else:
     CANDIDATES = []
 # (n_bits, batch, hidden, k_start, k_stop); None: the whole range. Tiles of 16 and 32 lo codes and
-# 128-512 mid codes, H not a multiple of 16, a range that cuts tiles at both ends.
-SIZES = [(16, 3, 33, None, None), (13, 2, 16, None, None), (20, 1, 8, 5, (1 << 20) - 77)] if DEVICE == "cuda" \
+# 128-512 mid codes (n = 12: 256 with 8 warps), H not a multiple of 16, a range that cuts tiles at both ends.
+SIZES = [(16, 3, 33, None, None), (13, 2, 16, None, None), (12, 2, 16, None, None), (20, 1, 8, 5, (1 << 20) - 77)] \
+    if DEVICE == "cuda" \
     else [(9, 2, 5, None, None), (11, 1, 3, 3, 2001)]
 
 
@@ -59,3 +67,45 @@ def test_tile_shapes_match_the_oracle(options, size, want_grad):
                             {k: _summary(reference)[k] for k in keys}, torch.float32,
                             f"triton {options} n={n_bits} B={batch} H={hidden} [{k_start}, {k_stop})",
                             {k: slack[k] for k in keys})
+
+
+_COMPILE_SHAPES = textwrap.dedent("""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    import triton
+    from backends.triton_lanes import lanes_ok, layout_ok
+    from backends.triton_mitm import _RUNTIME_INTS, TUNING, _fused_kernel, tile_split
+
+    shapes = set()
+    for options in TUNING:
+        if options.get("design") == "brute":
+            continue
+        for n_bits in (12, 13, 16, 20, 24):
+            *_, lo, mid = tile_split(n_bits, options.get("fused_lo_bits", 4), options.get("fused_mid_bits", 8))
+            warps = options.get("fused_num_warps", 4)
+            if lanes_ok(lo, mid, warps):
+                shapes.add((lo, mid, warps))
+    wide = ("k_start", "k_stop", "first_tile", "last_tile")
+    ints = {name: "i64" if name in wide else "i32" for name in _RUNTIME_INTS}
+    for lo, mid, warps in sorted(shapes):
+        constants = {"HB": 16, "BLOCK_LO": lo, "BLOCK_MID": mid, "MID_A_BITS": min(mid.bit_length() - 1, 5),
+                     "N_TOP": 32, "LANES": True, "WARPS": warps}
+        signature = {**{p: "*fp32" for p in ("w_ptr", "r_ptr", "scratch_ptr", "m_ptr", "s_ptr", "d_ptr")}, **ints,
+                     **{c: "constexpr" for c in constants}}
+        compiled = triton.compile(ASTSource(_fused_kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+                                  options={"num_warps": warps})
+        print(lo, mid, warps, layout_ok(compiled.asm["ttgir"], warps))
+""")
+
+
+def test_every_fused_tile_shape_gets_the_butterfly_layout():
+    """Compiled for sm_90 in a fresh process outside the interpreter (no GPU needed): each fused tile
+    shape the autotune candidates reach at n = 12..24 gets the layout triton_lanes.py assumes. On a
+    GPU a shape that did not would fall back to the plain reductions, slower and still right."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", _COMPILE_SHAPES], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    verdicts = [line.split() for line in done.stdout.splitlines()]
+    assert len(verdicts) >= 4, done.stdout          # 16 x 256 at 4 and 8 warps, 16 x 128, 32 x 128 at least
+    assert all(v[3] == "True" for v in verdicts), done.stdout
