@@ -244,8 +244,9 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
         tl.store(s_ptr + item, s)
 
 
-# (BLOCK_LO, BLOCK_MID, num_warps) -> whether the compiled fused kernel has the layout triton_lanes.py assumes.
-_LAYOUTS: dict[tuple[int, int, int], bool] = {}
+# (BLOCK_LO, BLOCK_MID, num_warps, compute capability) -> whether the compiled fused kernel has the layout
+# triton_lanes.py assumes.
+_LAYOUTS: dict[tuple, bool] = {}
 
 
 def _lanes(args: tuple, grid: tuple, blocks: dict, block_lo: int, block_mid: int, num_warps: int) -> bool:
@@ -253,7 +254,7 @@ def _lanes(args: tuple, grid: tuple, blocks: dict, block_lo: int, block_mid: int
     assume (checked once per tile shape; the compile is the launch's own, from Triton's cache)."""
     if not lanes_ok(block_lo, block_mid, num_warps):
         return False
-    key = (block_lo, block_mid, num_warps)
+    key = (block_lo, block_mid, num_warps, torch.cuda.get_device_capability(args[0].device))
     if key not in _LAYOUTS:
         compiled = _fused_kernel.warmup(*args, grid=grid, **blocks, N_TOP=32, LANES=True, WARPS=num_warps)
         _LAYOUTS[key] = layout_ok(compiled.asm["ttgir"], num_warps)
