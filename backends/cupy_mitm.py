@@ -56,6 +56,8 @@ MAX_HIDDEN = 64        # lo_per_thread's register arrays; tiles' shared memory a
 TILE_Q, TILE_QA, TILE_QB, TILE_TP, TILE_TQ, TILE_CSTRIDE = 128, 32, 4, 8, 16, 132
 
 SOURCES = {name: (pathlib.Path(__file__).with_name(f"{name}.cu")).read_text() for name in ("cupy_mitm", "cupy_tiles")}
+# The headers they include, handed to NVRTC by name (as bytes, which CuPy's binding passes on as char*).
+HEADERS = {name: pathlib.Path(__file__).with_name(name).read_text() for name in ("cupy_tiles.cuh",)}
 
 
 @functools.cache
@@ -68,7 +70,8 @@ def _cubin(source: str, options: tuple[str, ...]) -> bytes:
     z as 0 (flipping the gradient mask 1[z > 0]). NVRTC's own default is -ftz=false."""
     from cupy.cuda import nvrtc
 
-    program = nvrtc.createProgram(SOURCES[source], f"{source}.cu", (), ())
+    program = nvrtc.createProgram(SOURCES[source], f"{source}.cu", tuple(text.encode() for text in HEADERS.values()),
+                                  tuple(name.encode() for name in HEADERS))
     try:
         try:
             nvrtc.compileProgram(program, ("-ftz=false", *options))
@@ -97,7 +100,7 @@ def _function(source: str, name: str, options: tuple[str, ...], device: int, sha
 
 
 def _tiles_shared_bytes(hidden: int, fused: bool, block_lo: int) -> int:
-    """cupy_tiles.cu's forward_floats, or table_floats + grad_floats when fused, in bytes."""
+    """cupy_tiles.cuh's forward_floats, or table_floats + grad_floats when fused, in bytes."""
     lo_codes = TILE_TP * block_lo
     units = THREADS // lo_codes                       # HG: hidden units per staged reduction
     padded = units * math.ceil(hidden / units)
