@@ -27,7 +27,7 @@ its hidden units in registers (H compiled in, up to 64) and walks the hi codes i
 transpose per (code, 32 hidden units). ~2.3 instructions per triple forward, ~8 fused, but
 latency-bound at 25% (12.5% fused) occupancy (PERFORMANCE.md).
 
-Launches on torch's current stream of the input's device (cupy ExternalStream), reads
+Launches on torch's current stream of the input's device (its CUDA stream protocol), reads
 and writes torch tensors zero-copy (their device pointers), allocates nothing itself (the partial-state
 workspace for small batches comes from torch's allocator, so peak memory counts it).
 No atomics: repeated calls agree to the last bit.
@@ -171,7 +171,11 @@ def partial_state(
     if fused:
         d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=f32, device=W.device)
     W32, r32 = W.to(f32).contiguous(), r.to(f32).contiguous()
-    stream = cupy.cuda.ExternalStream(torch.cuda.current_stream(device).cuda_stream)
+    torch_stream = torch.cuda.current_stream(device)
+    if hasattr(cupy.cuda.Stream, "from_external"):   # CuPy 14 deprecates ExternalStream for the stream protocol
+        stream = cupy.cuda.Stream.from_external(torch_stream)
+    else:
+        stream = cupy.cuda.ExternalStream(torch_stream.cuda_stream)
     with cupy.cuda.Device(device), stream:
         # Device pointers (np.uint64 fills a pointer parameter): zero-copy as DLPack is, without
         # building a cupy array per tensor (~30 us each on the H100's host, where B = 64 calls
