@@ -287,19 +287,25 @@ def tile_split(n_bits: int, lo_bits: int, mid_bits: int) -> tuple[int, int, int,
     return n_lo, n_mid, n_bits - n_lo - n_mid, 1 << min(lo_bits, max(n_lo, 4)), 1 << min(mid_bits, max(n_mid, 4))
 
 
-def _check_options(**options: int) -> None:
-    """A ValueError naming the tile option out of its range (the forward's or the fused pass's set)."""
-    (lo_name, lo), (mid_name, mid), (warps_name, warps), (reg_name, reg) = options.items()
-    for name, value, low, high in ((lo_name, lo, 1, 6), (mid_name, mid, 1, 11)):
-        if not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"{name} must be an int in {low}..{high}, got {value!r}")
-    if warps not in (1, 2, 4, 8, 16):
-        raise ValueError(f"{warps_name} must be 1, 2, 4, 8 or 16, got {warps!r}")
-    if (1 << (lo + mid)) > 256 * 32 * warps:   # registers: the tile's accumulators, per thread
-        raise ValueError(f"{lo_name} + {mid_name} = {lo + mid} makes tiles of more than 256 codes per thread "
-                         f"with {warps_name} = {warps}; at most {(256 * 32 * warps).bit_length() - 1}")
-    if not isinstance(reg, int) or not (reg == 0 or 24 <= reg <= 255):
-        raise ValueError(f"{reg_name} must be 0 (no cap) or an int in 24..255, got {reg!r}")
+def _check_options(prefix: str, lo_bits: int, mid_bits: int, num_warps: int, maxnreg: int) -> None:
+    """A ValueError naming the tile option out of its range; prefix "" for the forward's, "fused_" for the
+    fused pass's."""
+    for name, value, high in (("lo_bits", lo_bits, 6), ("mid_bits", mid_bits, 11)):
+        if not isinstance(value, int) or not 1 <= value <= high:
+            raise ValueError(f"{prefix}{name} must be an int in 1..{high}, got {value!r}")
+    if num_warps not in (1, 2, 4, 8, 16):
+        raise ValueError(f"{prefix}num_warps must be 1, 2, 4, 8 or 16, got {num_warps!r}")
+    if (1 << (lo_bits + mid_bits)) > 256 * 32 * num_warps:   # registers: the tile's accumulators, per thread
+        raise ValueError(f"{prefix}lo_bits + {prefix}mid_bits = {lo_bits + mid_bits} makes tiles of more than 256 "
+                         f"codes per thread with {prefix}num_warps = {num_warps}; at most "
+                         f"{(256 * 32 * num_warps).bit_length() - 1}")
+    if not isinstance(maxnreg, int) or not (maxnreg == 0 or 24 <= maxnreg <= 255):
+        raise ValueError(f"{prefix}maxnreg must be 0 (no cap) or an int in 24..255, got {maxnreg!r}")
+
+
+def tile_constants(block_lo: int, block_mid: int) -> dict[str, int]:
+    """The kernels' tile constexprs for a (BLOCK_LO, BLOCK_MID) pair."""
+    return {"HB": 16, "BLOCK_LO": block_lo, "BLOCK_MID": block_mid, "MID_A_BITS": min(block_mid.bit_length() - 1, 5)}
 
 
 def _tables_state(
@@ -319,9 +325,8 @@ def _tables_state(
     maxnreg: int = 0,
     fused_maxnreg: int = 0,
 ) -> None:
-    _check_options(lo_bits=lo_bits, mid_bits=mid_bits, num_warps=num_warps, maxnreg=maxnreg)
-    _check_options(fused_lo_bits=fused_lo_bits, fused_mid_bits=fused_mid_bits, fused_num_warps=fused_num_warps,
-                   fused_maxnreg=fused_maxnreg)
+    _check_options("", lo_bits, mid_bits, num_warps, maxnreg)
+    _check_options("fused_", fused_lo_bits, fused_mid_bits, fused_num_warps, fused_maxnreg)
     if not isinstance(programs_per_sm, int) or not 1 <= programs_per_sm <= 32:
         raise ValueError(f"programs_per_sm must be an int in 1..32, got {programs_per_sm!r}")
     batch, hidden, n_bits = W.shape
@@ -329,7 +334,6 @@ def _tables_state(
     if fused:
         lo_bits, mid_bits, num_warps, maxnreg = fused_lo_bits, fused_mid_bits, fused_num_warps, fused_maxnreg
     n_lo, n_mid, n_top, block_lo, block_mid = tile_split(n_bits, lo_bits, mid_bits)
-    mid_bits = block_mid.bit_length() - 1
 
     tile_bits = n_lo + n_mid
     first_tile, last_tile = k_start >> tile_bits, (k_stop - 1) >> tile_bits
@@ -357,8 +361,7 @@ def _tables_state(
     args = (W.float().contiguous(), r.float().contiguous(), scratch, m_ws, s_ws)
     sizes = (per_program, hidden, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile, chunks,
              tiles_per_chunk, n_items)
-    blocks = {"HB": 16, "BLOCK_LO": block_lo, "BLOCK_MID": block_mid, "MID_A_BITS": min(mid_bits, 5),
-              "num_warps": num_warps}
+    blocks = {**tile_constants(block_lo, block_mid), "num_warps": num_warps}
     if maxnreg:   # a register cap (ptxas spills past it) buys resident programs, as CuPy's min_blocks does
         blocks["maxnreg"] = maxnreg
     if not fused:

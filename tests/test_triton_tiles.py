@@ -74,7 +74,7 @@ _COMPILE_SHAPES = textwrap.dedent("""
     from triton.compiler import ASTSource
     import triton
     from backends.triton_lanes import lanes_ok, layout_ok
-    from backends.triton_mitm import _RUNTIME_INTS, TUNING, _fused_kernel, tile_split
+    from backends.triton_mitm import _RUNTIME_INTS, TUNING, _fused_kernel, tile_constants, tile_split
 
     shapes = set()
     for options in TUNING:
@@ -88,8 +88,7 @@ _COMPILE_SHAPES = textwrap.dedent("""
     wide = ("k_start", "k_stop", "first_tile", "last_tile")
     ints = {name: "i64" if name in wide else "i32" for name in _RUNTIME_INTS}
     for lo, mid, warps in sorted(shapes):
-        constants = {"HB": 16, "BLOCK_LO": lo, "BLOCK_MID": mid, "MID_A_BITS": min(mid.bit_length() - 1, 5),
-                     "N_TOP": 32, "LANES": True, "WARPS": warps}
+        constants = {**tile_constants(lo, mid), "N_TOP": 32, "LANES": True, "WARPS": warps}
         signature = {**{p: "*fp32" for p in ("w_ptr", "r_ptr", "scratch_ptr", "m_ptr", "s_ptr", "d_ptr")}, **ints,
                      **{c: "constexpr" for c in constants}}
         compiled = triton.compile(ASTSource(_fused_kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
