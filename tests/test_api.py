@@ -183,6 +183,10 @@ def test_triton_option_values_out_of_range_are_refused_by_name():
         sick_bide.partial_state(W, r, backend="triton", lo_bits=6, mid_bits=10)
     with pytest.raises(ValueError, match=r"programs_per_sm must be an int in 1\.\.32, got 0"):
         sick_bide.partial_state(W, r, backend="triton", programs_per_sm=0)
+    with pytest.raises(ValueError, match=r"fused_maxnreg must be 0 \(no cap\) or an int in 24\.\.255, got 8"):
+        sick_bide.partial_state(W, r, backend="triton", fused_maxnreg=8)
+    with pytest.raises(ValueError, match=r"mid_bits must be an int in 1\.\.11, got 12"):
+        sick_bide.partial_state(W, r, backend="triton", mid_bits=12)
 
 
 def test_weights_near_the_float32_limit(sick_bide_variant):
