@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from harness import buffers, tolerance
 from harness.errors import UnsupportedError
 from harness.problems import sick_bide
-from harness.problems.sick_bide_problem import state_slack
+from harness.problems.sick_bide_problem import state_meaning, state_slack
 from properties.strategies import cases_for, split_points
 
 
@@ -29,14 +29,6 @@ def state(variant, inputs, k_start, k_stop, *, want_grad=True):
                                        backend=backend.name, config=config)
 
 
-def summary(st: sick_bide.PartialState) -> dict[str, torch.Tensor]:
-    """What a state means independently of its m: lse = m + log s, and Dn = D / s."""
-    out = {"lse": st.m + st.s.log()}
-    if st.D is not None:
-        out["Dn"] = st.D / st.s[:, None, None]
-    return out
-
-
 def truth(inputs, k_start, k_stop, dtype):
     """(oracle, reference in dtype, slack) summaries of the same range, from the reference backend."""
     ref = {"backend": "reference", "want_grad": True}
@@ -44,7 +36,7 @@ def truth(inputs, k_start, k_stop, dtype):
     oracle = sick_bide.partial_state(W.double(), r.double(), k_start, k_stop, **ref)
     ref_dtype = tolerance.reference_dtype(dtype)
     reference = sick_bide.partial_state(W.to(ref_dtype), r.to(ref_dtype), k_start, k_stop, **ref)
-    return summary(oracle), summary(reference), state_slack(W, r, k_start, k_stop, dtype)
+    return state_meaning(oracle), state_meaning(reference), state_slack(W, r, k_start, k_stop, dtype)
 
 
 def draw_case(data, variant, **kwargs):
@@ -72,8 +64,8 @@ def test_split_and_merge_gives_the_whole_range(sick_bide_variant, data):
             state(sick_bide_variant, inputs, 0, 1)
         return
     pieces = [state(sick_bide_variant, inputs, a, b) for a, b in itertools.pairwise(cuts)]
-    merged = summary(reduce(sick_bide.merge, pieces))
-    whole = summary(state(sick_bide_variant, inputs, 0, 1 << case.n_bits))
+    merged = state_meaning(reduce(sick_bide.merge, pieces))
+    whole = state_meaning(state(sick_bide_variant, inputs, 0, 1 << case.n_bits))
     oracle, reference, slack = truth(inputs, 0, 1 << case.n_bits, case.torch_dtype)
     for label, got in (("whole range", whole), (f"merged at {cuts}", merged)):
         context = f"{backend.name} {label}, {case}"
@@ -92,7 +84,7 @@ def test_sub_range_matches_reference_sub_range(sick_bide_variant, data):
         lo = hi - 1
     want_grad = data.draw(st.booleans(), label="want_grad")   # the forward-only kernels take ranges too
     inputs = case.tensors(sick_bide_variant[2])
-    got = summary(state(sick_bide_variant, inputs, lo, hi, want_grad=want_grad))
+    got = state_meaning(state(sick_bide_variant, inputs, lo, hi, want_grad=want_grad))
     oracle, reference, slack = truth(inputs, lo, hi, case.torch_dtype)
     oracle = {name: oracle[name] for name in got}
     context = f"range [{lo}, {hi}), want_grad={want_grad}, {case}"
@@ -118,7 +110,7 @@ def test_codes_past_2_to_the_31_match_reference(sick_bide_variant, data):
     lo = data.draw(st.sampled_from([across, 0, last]) | st.integers(0, last), label="k_start")
     want_grad = data.draw(st.booleans(), label="want_grad")
     inputs = case.tensors(sick_bide_variant[2])
-    got = summary(state(sick_bide_variant, inputs, lo, lo + width, want_grad=want_grad))
+    got = state_meaning(state(sick_bide_variant, inputs, lo, lo + width, want_grad=want_grad))
     oracle, reference, slack = truth(inputs, lo, lo + width, case.torch_dtype)
     oracle = {name: oracle[name] for name in got}
     context = f"range [{lo}, {lo + width}), want_grad={want_grad}, {case}"
@@ -137,7 +129,7 @@ def test_whole_wide_rows_stay_within_policy(sick_bide_variant, data):
                      kinds=("normal", "spread", "negative_r"))
     want_grad = data.draw(st.booleans(), label="want_grad")   # the forward-only kernels are others
     inputs = case.tensors(sick_bide_variant[2])
-    got = summary(state(sick_bide_variant, inputs, 0, 1 << case.n_bits, want_grad=want_grad))
+    got = state_meaning(state(sick_bide_variant, inputs, 0, 1 << case.n_bits, want_grad=want_grad))
     oracle, reference, slack = truth(inputs, 0, 1 << case.n_bits, case.torch_dtype)
     oracle = {name: oracle[name] for name in got}
     context = f"whole range, want_grad={want_grad}, {case}"
@@ -157,7 +149,7 @@ def test_merge_is_commutative_and_associative(sick_bide_variant, data):
     ab, ba = sick_bide.merge(a, b), sick_bide.merge(b, a)
     for x, y in zip(ab, ba, strict=True):
         torch.testing.assert_close(x, y, rtol=0, atol=0, equal_nan=True)
-    left, right = summary(sick_bide.merge(ab, c)), summary(sick_bide.merge(a, sick_bide.merge(b, c)))
+    left, right = state_meaning(sick_bide.merge(ab, c)), state_meaning(sick_bide.merge(a, sick_bide.merge(b, c)))
     eps = torch.finfo(a.m.dtype).eps
     for name in left:
         scale = float(left[name].abs().nan_to_num(0).max()) + 1

@@ -183,6 +183,14 @@ def slack(inputs: Mapping[str, torch.Tensor], dtype: torch.dtype) -> dict[str, t
     }
 
 
+def state_meaning(state) -> dict[str, torch.Tensor]:
+    """What a partial state means independently of its m: lse = m + log s, and Dn = D / s (with gradient sums)."""
+    out = {"lse": state.m + state.s.log()}
+    if state.D is not None:
+        out["Dn"] = state.D / state.s[:, None, None]
+    return out
+
+
 def state_slack(W: torch.Tensor, r: torch.Tensor, k_start: int, k_stop: int, dtype: torch.dtype):
     """`slack` for a partial state's meaning over [k_start, k_stop): lse = m + log s and Dn = D / s."""
     W, r = W.double(), r.double()
