@@ -22,13 +22,9 @@ Online softmax:
 
     m' = max(m, max l),   alpha = 2^(m - m'),   e = 2^(l - m'),   s = alpha s + sum e
 
-per column of the tile in the forward kernel (reduced once at the end), per tile in
-the fused kernel, which then makes a second pass over h through the marginals of
-A[h, p, q] = e[p, q] 1[Qlo[h, p] > Qhi[h, q]]:
-
-    D[h, j] = alpha D[h, j] + sum_p b_pj sum_q A    (lo bits)
-                            + sum_q b_qj sum_p A    (mid bits)
-                            + b_tj sum_pq A         (top bits: constant over the tile)
+per column of the tile in the forward kernel (reduced once at the end). The fused kernel, with the
+gradient sums D[h, j] = sum_k e_k 1[z_kh > 0] b_kj in the same pass, is in triton_fused.py (its
+tables put P_top on the lo side, and each thread owns a block of its tile).
 
 Programs are persistent: each owns a slot of scratch memory for its row's tables,
 built once per (row, chunk of tiles) work item, and walks work items until none are
@@ -37,10 +33,7 @@ works and small batches still fill the GPU.
 
 Cost per triple (Nsight Compute, PERFORMANCE.md): forward 2 adds plus ~0.3-0.5 of table loads (Qlo is
 a broadcast, which Triton loads one scalar at a time, so the forward reads it in int64 pairs) and ~0.3
-of loop control and exponentials; the fused pass adds a compare, a select and two marginal sums.
-Triton lays A out as 16 lo rows x 2 mid columns per thread, so its own sum over mid codes would be
-a 5-level shuffle tree per row (~14 instructions per triple); on CUDA a hand-written reduce-scatter
-and the mask in inline PTX (triton_lanes.py) do the same arithmetic in the same order in ~8.
+of loop control and exponentials; the fused pass ~12 (triton_fused.py).
 Limits: n_bits 1..32 (codes in int64), any H and B, log2_range <= 126 (harness/problems/sick_bide.py:
 the tables and their sums stay finite); float32, float16 and bfloat16 inputs, tables and
 accumulation in float32. CUDA, or the CPU under TRITON_INTERPRET=1.
@@ -52,15 +45,13 @@ import math
 
 import torch
 
-from backends import triton_brute
-from backends.triton_lanes import lanes_ok, layout_ok, masked, row_of, row_sums
+from backends import triton_brute, triton_fused
+from backends.triton_fused import fused_constants
 from backends.triton_tables import (
+    RUNTIME_INTS,
     _abs_risky,
     _build_tables,
-    _hidden_unit,
-    _join_rows,
-    _lo_pairs,
-    _split_rows,
+    _edge,
     _tile_logits,
     _tile_top,
 )
@@ -69,20 +60,8 @@ from harness.autotune import AUTOTUNE
 from harness.problems.sick_bide import FLOAT32_TABLES, PartialState, merge_chunks
 from harness.triton_helpers import DEVICES, INTERPRET, jit, tl, unavailable
 
-# Sizes vary call to call; specialising on them (value 1, multiples of 16) would recompile per shape.
-_RUNTIME_INTS = ["slot", "H", "n_bits", "n_lo", "n_mid", "n_top", "k_start", "k_stop", "first_tile", "last_tile",
-                 "chunks", "tiles_per_chunk", "n_items"]
 
-
-@jit
-def _edge(tile, tile_bits, k_start, k_stop, padded):
-    """Whether some code of `tile` is outside [k_start, k_stop) or the tables (`padded`): only then
-    does it need the masks (the first and last tiles of a whole range need none)."""
-    start = tl.cast(tile, tl.int64) << tile_bits      # tile may be int32: codes reach 2^32
-    return padded | (start < k_start) | (start + (1 << tile_bits) > k_stop)
-
-
-@jit(do_not_specialize=_RUNTIME_INTS)
+@jit(do_not_specialize=RUNTIME_INTS)
 def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, slot,
                     H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
                     chunks, tiles_per_chunk, n_items,
@@ -95,7 +74,7 @@ def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, slot,
         row = tl.cast(item // chunks, tl.int64)
         w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
         tl.debug_barrier()  # the previous item's readers are done with the tables
-        _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS, True)
+        _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS, True, False)
         max_form = _abs_risky(w_row, r_row, H, n_bits, HB)
         m_col = tl.full([BLOCK_MID], -float("inf"), tl.float32)
         s_col = tl.zeros([BLOCK_MID], tl.float32)
@@ -117,152 +96,6 @@ def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, slot,
         s = tl.sum(tl.where(m_col == -float("inf"), 0.0, s_col * tl.exp2(m_col - m2)), axis=0)
         tl.store(m_ptr + item, m2 * 0.6931471805599453)
         tl.store(s_ptr + item, s)
-
-
-@jit
-def _rescale_add(ptrs, mask, alpha, d, first):
-    """X <- alpha X + d; on a work item's first tile X <- d (the buffer may hold poison).
-
-    Triton may replicate an element across threads of different warps. Every copy
-    reads before any copy writes (the barrier), so the copies write the same value;
-    without it a late reader would add d twice.
-    """
-    old = tl.load(ptrs, mask=mask, other=0.0)
-    tl.debug_barrier()
-    tl.store(ptrs, tl.where(first, d, alpha * old + d), mask=mask)
-
-
-@jit
-def _fold(acc_ptr, d_ptr, h0, H, n_bits, col0, n_cols, K, HB: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr):
-    """D[h, col0 + j] = sum_k acc[h, k] b_kj for j < n_cols, hidden units h0..h0+HB, codes in KB chunks.
-
-    An explicit IEEE dot: written as a broadcast product summed over k, Triton turns the
-    pattern into a dot itself, in TF32, which loses 11 bits.
-    """
-    offs_h = h0 + tl.arange(0, HB)
-    j = tl.arange(0, NB)
-    d = tl.zeros([HB, NB], tl.float32)
-    for k0 in range(0, K, KB):
-        k = k0 + tl.arange(0, KB)
-        g = tl.load(acc_ptr + offs_h[:, None] * K + k[None, :], mask=(offs_h[:, None] < H) & (k[None, :] < K),
-                    other=0.0)                                                                          # [HB, KB]
-        b = tl.where((k[:, None] >> j[None, :]) & 1 == 1, 1.0, -1.0)                                   # [KB, NB]
-        d += tl.dot(g, b, input_precision="ieee")
-    tl.store(d_ptr + offs_h[:, None] * n_bits + col0 + j[None, :], d,
-             mask=(offs_h[:, None] < H) & (j[None, :] < n_cols))
-
-
-@jit
-def _masked(e, scratch, h, q_lo, q_hi, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
-    """A = e 1[Qlo > Qhi] [BLOCK_LO, BLOCK_MID] of unit h by inline PTX (`masked`). With 32 lo codes a
-    thread, Qlo is read in int64 pairs (`_lo_pairs`), measured faster there and not with 16."""
-    if BLOCK_LO >= 32:
-        q_even, q_odd = _lo_pairs(scratch, h, BLOCK_LO)
-        e_even, e_odd = _split_rows(e, BLOCK_LO, BLOCK_MID)
-        A = _join_rows(masked(e_even, q_even[:, None], q_hi[None, :]), masked(e_odd, q_odd[:, None], q_hi[None, :]),
-                       BLOCK_LO, BLOCK_MID)
-    else:
-        A = masked(e, q_lo[:, None], q_hi[None, :])
-    return A
-
-
-@jit(do_not_specialize=_RUNTIME_INTS)
-def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
-                  H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
-                  chunks, tiles_per_chunk, n_items,
-                  HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr,
-                  N_TOP: tl.constexpr, LANES: tl.constexpr, WARPS: tl.constexpr):
-    """For each work item (row, chunk): (m, s, D [H, n]) over the chunk's tiles, written at item.
-
-    Per tile and hidden unit the two marginals of A are staged in scratch (stores only);
-    after the hidden loop they are folded in bulk into the accumulators G_lo [H, BLOCK_LO]
-    and G_mid [H, BLOCK_MID] (rescaled by alpha) and into D's top bits; G_lo and G_mid
-    become D's lo and mid bits once per work item.
-    """
-    tables = H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID
-    scratch = scratch_ptr + tl.program_id(0).to(tl.int64) * slot
-    stage_lo = scratch + tables
-    stage_mid = stage_lo + H * BLOCK_LO
-    acc_lo = stage_mid + H * BLOCK_MID
-    acc_mid = acc_lo + H * BLOCK_LO
-    padded = ((1 << n_lo) < BLOCK_LO) | ((1 << n_mid) < BLOCK_MID)
-    tile_bits = n_lo + n_mid
-    offs_lo = tl.arange(0, BLOCK_LO)
-    offs_mid = tl.arange(0, BLOCK_MID)
-    j_top = tl.arange(0, N_TOP)
-    lane = tl.arange(0, 32)
-    for item in range(tl.program_id(0), n_items, tl.num_programs(0)):
-        row = tl.cast(item // chunks, tl.int64)
-        w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
-        d_item = d_ptr + tl.cast(item, tl.int64) * H * n_bits
-        tl.debug_barrier()
-        _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS, False)
-        m = -float("inf")
-        s = 0.0
-        t0 = first_tile + (item % chunks) * tiles_per_chunk
-        t1 = tl.minimum(t0 + tiles_per_chunk, last_tile + 1)
-        for tile in range(t0, t1):
-            r_top = _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB, BLOCK_LO, BLOCK_MID,
-                              False)
-            edge = _edge(tile, tile_bits, k_start, k_stop, padded)
-            l = _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge, 1,
-                             BLOCK_LO, BLOCK_MID, False)
-            m_new = tl.maximum(m, tl.max(tl.max(l, axis=1), axis=0))
-            m_scale = tl.where(m_new == -float("inf"), 0.0, m_new)   # only -inf so far: scale 0, not NaN
-            alpha = tl.exp2(m - m_scale)
-            e = tl.exp2(l - m_scale)
-            s = s * alpha + tl.sum(tl.sum(e, axis=1), axis=0)
-            m = m_new
-            for h in range(0, H):
-                q_lo, q_hi, _ = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID, False)
-                if LANES:      # CUDA, tiles of 16 or 32 lo codes: inline PTX (triton_lanes.py)
-                    A = _masked(e, scratch, h, q_lo, q_hi, BLOCK_LO, BLOCK_MID)
-                    tl.store(stage_lo + h * BLOCK_LO + row_of(lane, BLOCK_LO), row_sums(A, BLOCK_LO, BLOCK_MID, WARPS),
-                             mask=row_of(lane, BLOCK_LO) * (32 // BLOCK_LO) == lane)
-                else:
-                    A = tl.where(q_lo[:, None] > q_hi[None, :], e, 0.0)                   # [BLOCK_LO, BLOCK_MID]
-                    tl.store(stage_lo + h * BLOCK_LO + offs_lo, tl.sum(A, axis=1))
-                tl.store(stage_mid + h * BLOCK_MID + offs_mid, tl.sum(A, axis=0))
-            tl.debug_barrier()
-            first = tile == t0
-            b_top = tl.where((tile >> j_top) & 1 == 1, 1.0, -1.0)                      # [N_TOP]
-            for h0 in range(0, H, HB):
-                offs_h = h0 + tl.arange(0, HB)
-                h_ok = offs_h[:, None] < H
-                g_lo = tl.load(stage_lo + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], mask=h_ok, other=0.0)
-                _rescale_add(acc_lo + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], h_ok, alpha, g_lo, first)
-                g_mid = tl.load(stage_mid + offs_h[:, None] * BLOCK_MID + offs_mid[None, :], mask=h_ok, other=0.0)
-                _rescale_add(acc_mid + offs_h[:, None] * BLOCK_MID + offs_mid[None, :], h_ok, alpha, g_mid, first)
-                d_top = tl.sum(g_lo, axis=1)[:, None] * b_top[None, :]                 # [HB, N_TOP]
-                _rescale_add(d_item + offs_h[:, None] * n_bits + n_lo + n_mid + j_top[None, :],
-                             h_ok & (j_top[None, :] < n_top), alpha, d_top, first)
-        tl.debug_barrier()
-        for h0 in range(0, H, HB):
-            _fold(acc_lo, d_item, h0, H, n_bits, 0, n_lo, BLOCK_LO, HB, 16, 16)
-            _fold(acc_mid, d_item, h0, H, n_bits, n_lo, n_mid, BLOCK_MID, HB, 16, 16)
-        tl.store(m_ptr + item, m * 0.6931471805599453)
-        tl.store(s_ptr + item, s)
-
-
-# (BLOCK_LO, BLOCK_MID, num_warps, compute capability) -> whether the compiled fused kernel has the layout
-# triton_lanes.py assumes.
-_LAYOUTS: dict[tuple, bool] = {}
-
-
-def _lanes(args: tuple, grid: tuple, blocks: dict, block_lo: int, block_mid: int, num_warps: int) -> bool:
-    """LANES for a fused tile: where `lanes_ok`, and the compiled kernel's layout is the one the shuffles
-    assume (checked once per tile shape; the compile is the launch's own, from Triton's cache)."""
-    if not lanes_ok(block_lo, block_mid, num_warps):
-        return False
-    key = (block_lo, block_mid, num_warps, torch.cuda.get_device_capability(args[0].device))
-    if key not in _LAYOUTS:
-        compiled = _fused_kernel.warmup(*args, grid=grid, **blocks, N_TOP=32, LANES=True, WARPS=num_warps)
-        _LAYOUTS[key] = layout_ok(compiled.asm["ttgir"], num_warps)
-    return _LAYOUTS[key]
-
-
-def _pow2(x: int) -> int:
-    return 1 << max(0, (x - 1).bit_length())
 
 
 def partial_state(W: torch.Tensor, r: torch.Tensor, k_start: int, k_stop: int, out: PartialState, *,
@@ -318,8 +151,8 @@ def _tables_state(
     lo_bits: int = 5,
     mid_bits: int = 9,
     num_warps: int = 4,
-    fused_lo_bits: int = 4,
-    fused_mid_bits: int = 8,
+    fused_lo_bits: int = 5,
+    fused_mid_bits: int = 7,
     fused_num_warps: int = 4,
     programs_per_sm: int = 2,
     maxnreg: int = 0,
@@ -347,12 +180,12 @@ def _tables_state(
     chunks = math.ceil(n_tiles / tiles_per_chunk)   # no empty chunk: every item owes a state
     n_items = batch * chunks
     grid = (min(n_items, slots),)
-    per_program = hidden * (block_lo + block_mid + 1) + block_mid
-    if fused:  # staged marginals and their accumulators
-        per_program += 2 * hidden * (block_lo + block_mid)
-    else:      # R_lo of the abs form
-        per_program += block_lo
-    per_program = -(-per_program // 4) * 4      # 16-byte aligned slots: Qlo is read in 8-byte pairs
+    if fused:
+        constants = fused_constants(block_lo, block_mid, num_warps)
+        per_program = triton_fused.scratch_floats(hidden, constants)
+    else:      # the tables and R_lo of the abs form, in 16-byte aligned slots: Qlo is read in 8-byte pairs
+        constants = tile_constants(block_lo, block_mid)
+        per_program = -(-(hidden * (block_lo + block_mid + 1) + block_mid + block_lo) // 4) * 4
     scratch = torch.empty(grid[0], per_program, dtype=torch.float32, device=W.device)
     direct = chunks == 1
     m_ws = out.m if direct else torch.empty(batch, chunks, dtype=torch.float32, device=W.device)
@@ -361,16 +194,14 @@ def _tables_state(
     args = (W.float().contiguous(), r.float().contiguous(), scratch, m_ws, s_ws)
     sizes = (per_program, hidden, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile, chunks,
              tiles_per_chunk, n_items)
-    blocks = {**tile_constants(block_lo, block_mid), "num_warps": num_warps}
+    launch = {"num_warps": num_warps}
     if maxnreg:   # a register cap (ptxas spills past it) buys resident programs, as CuPy's min_blocks does
-        blocks["maxnreg"] = maxnreg
+        launch["maxnreg"] = maxnreg
     if not fused:
-        _forward_kernel[grid](*args, *sizes, **blocks)
+        _forward_kernel[grid](*args, *sizes, **constants, **launch)
     else:
         d_ws = out.D if direct else torch.empty(batch, chunks, hidden, n_bits, dtype=torch.float32, device=W.device)
-        fused_args = (*args, d_ws, *sizes)
-        lanes = _lanes(fused_args, grid, blocks, block_lo, block_mid, num_warps)
-        _fused_kernel[grid](*fused_args, **blocks, N_TOP=32, LANES=lanes, WARPS=num_warps)
+        triton_fused.run(grid, (*args, d_ws, *sizes), constants, launch)
     if not direct:
         merge_chunks(m_ws, s_ws, d_ws, out)
 
@@ -379,11 +210,11 @@ def _tables_state(
 # then tiles with more or fewer mid codes, more lo codes, or more warps, for both passes, and brute force.
 TUNING = [
     {},
-    {"mid_bits": 7, "fused_mid_bits": 7},
-    {"mid_bits": 8, "fused_mid_bits": 9, "fused_num_warps": 8},
-    {"lo_bits": 4, "num_warps": 8, "fused_lo_bits": 5, "fused_mid_bits": 7},
+    {"mid_bits": 7, "fused_mid_bits": 8},
+    {"mid_bits": 8, "fused_lo_bits": 4},
+    {"lo_bits": 4, "num_warps": 8, "fused_num_warps": 8},
     {"num_warps": 8, "programs_per_sm": 1},
-    {"programs_per_sm": 4, "fused_mid_bits": 9},
+    {"programs_per_sm": 4},
     {"design": "brute"},
 ]
 

@@ -10,6 +10,18 @@ from __future__ import annotations
 
 from harness.triton_helpers import jit, tl
 
+# Sizes vary call to call; specialising on them (value 1, multiples of 16) would recompile per shape.
+RUNTIME_INTS = ["slot", "H", "n_bits", "n_lo", "n_mid", "n_top", "k_start", "k_stop", "first_tile", "last_tile",
+                "chunks", "tiles_per_chunk", "n_items"]
+
+
+@jit
+def _edge(tile, tile_bits, k_start, k_stop, padded):
+    """Whether some code of `tile` is outside [k_start, k_stop) or the tables (`padded`): only then
+    does it need the masks (the first and last tiles of a whole range need none)."""
+    start = tl.cast(tile, tl.int64) << tile_bits      # tile may be int32: codes reach 2^32
+    return padded | (start < k_start) | (start + (1 << tile_bits) > k_stop)
+
 
 @jit
 def _fold_r(r, ABS: tl.constexpr):
@@ -44,9 +56,10 @@ def _abs_risky(w_row, r_row, H, n_bits, HB: tl.constexpr):
 
 @jit
 def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexpr, BLOCK_LO: tl.constexpr,
-                  BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr, ABS: tl.constexpr):
+                  BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr, ABS: tl.constexpr, MID_SCALED: tl.constexpr):
     """Write Qlo [H, BLOCK_LO], P_mid [H, BLOCK_MID], R_mid [BLOCK_MID] and (ABS) R_lo [BLOCK_LO] of one
-    row to scratch, HB hidden units at a time."""
+    row to scratch, HB hidden units at a time. MID_SCALED (the fused kernel, triton_fused.py): P_lo and
+    Qhi = -c P_mid instead of Qlo and P_mid."""
     offs_lo = tl.arange(0, BLOCK_LO)
     offs_a = tl.arange(0, 1 << MID_A_BITS)
     offs_b = tl.arange(0, BLOCK_MID >> MID_A_BITS)
@@ -63,7 +76,8 @@ def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexp
         for j in range(n_lo):
             bit = tl.where((offs_lo >> j) & 1 == 1, 1.0, -1.0)
             p_lo += tl.load(w_row + offs_h * n_bits + j, mask=h_ok, other=0.0)[:, None] * bit[None, :]
-        tl.store(scratch + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], c[:, None] * p_lo, mask=h_ok[:, None])
+        tl.store(scratch + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], p_lo if MID_SCALED else c[:, None] * p_lo,
+                 mask=h_ok[:, None])
         if ABS:
             r_lo += tl.sum(r[:, None] * p_lo, axis=0)
         # P_mid = P_a[low bits of q] + P_b[high bits of q]: two small FMA tables, one add per entry.
@@ -76,8 +90,8 @@ def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexp
             w = tl.load(w_row + offs_h * n_bits + n_lo + j, mask=h_ok, other=0.0)
             p_b += w[:, None] * tl.where((offs_b >> (j - MID_A_BITS)) & 1 == 1, 1.0, -1.0)[None, :]
         p_mid = p_b[:, :, None] + p_a[:, None, :]                                 # [HB, MID_B, MID_A]
-        tl.store(mid_table + offs_h[:, None, None] * BLOCK_MID + offs_q[None, :, :], p_mid,
-                 mask=h_ok[:, None, None])
+        tl.store(mid_table + offs_h[:, None, None] * BLOCK_MID + offs_q[None, :, :],
+                 -c[:, None, None] * p_mid if MID_SCALED else p_mid, mask=h_ok[:, None, None])
         r_mid += tl.sum(r[:, None, None] * p_mid, axis=0)
     tl.store(mid_table + H * BLOCK_MID + offs_q, r_mid * (_scale(ABS) * 1.4426950408889634))
     if ABS:

@@ -1,11 +1,12 @@
 """Every tile shape the `triton` backend may run (its autotune candidates) against the float64 oracle.
 
-On CUDA the fused kernel sums over mid codes with a hand-written shuffle butterfly
-(backends/triton_lanes.py) that relies on Triton's layout of the tile, so each shape the
-autotuner may pick is held to the tolerance policy here, not only the default the properties
-draw. Under TRITON_INTERPRET=1 (no GPU) the kernels keep `tl.sum`, on smaller sizes; and every
-fused tile shape is compiled for sm_90 (no GPU needed) to check that it gets the layout the
-butterfly assumes, so a Triton release that changes it shows up in CI.
+On CUDA the fused kernel reads and writes its tables and marginals by inline PTX in the tile's
+own layout and sums over lanes with a shuffle butterfly (backends/triton_lanes.py), which rely on
+Triton's layout of the tile, so each shape the autotuner may pick is held to the tolerance policy
+here, not only the default the properties draw. Under TRITON_INTERPRET=1 (no GPU) the kernels take
+the plain Triton path, on smaller sizes; and every fused tile shape is compiled for sm_90 (no GPU
+needed) to check that it gets the layout the PTX assumes, so a Triton release that changes it shows
+up in CI.
 """
 
 from __future__ import annotations
@@ -63,41 +64,46 @@ def test_tile_shapes_match_the_oracle(options, size, want_grad):
 
 
 _COMPILE_SHAPES = textwrap.dedent("""
+    import inspect
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     import triton
-    from backends.triton_lanes import lanes_ok, layout_ok
-    from backends.triton_mitm import _RUNTIME_INTS, TUNING, _fused_kernel, tile_constants, tile_split
+    from backends.triton_fused import _fused_kernel, fused_constants, ptx_possible
+    from backends.triton_lanes import quads_ok
+    from backends.triton_mitm import TUNING, _tables_state, tile_split
+    from backends.triton_tables import RUNTIME_INTS
 
+    defaults = {k: p.default for k, p in inspect.signature(_tables_state).parameters.items()}
     shapes = set()
     for options in TUNING:
         if options.get("design") == "brute":
             continue
+        fused = {k: options.get(k, defaults[k]) for k in ("fused_lo_bits", "fused_mid_bits", "fused_num_warps")}
         for n_bits in (12, 13, 16, 20, 24):
-            *_, lo, mid = tile_split(n_bits, options.get("fused_lo_bits", 4), options.get("fused_mid_bits", 8))
-            warps = options.get("fused_num_warps", 4)
-            if lanes_ok(lo, mid, warps):
+            *_, lo, mid = tile_split(n_bits, fused["fused_lo_bits"], fused["fused_mid_bits"])
+            warps = fused["fused_num_warps"]
+            if ptx_possible(fused_constants(lo, mid, warps), warps):
                 shapes.add((lo, mid, warps))
     wide = ("k_start", "k_stop", "first_tile", "last_tile")
-    ints = {name: "i64" if name in wide else "i32" for name in _RUNTIME_INTS}
+    ints = {name: "i64" if name in wide else "i32" for name in RUNTIME_INTS}
     for lo, mid, warps in sorted(shapes):
-        constants = {**tile_constants(lo, mid), "N_TOP": 32, "LANES": True, "WARPS": warps}
+        constants = {**fused_constants(lo, mid, warps), "PTX": True}
         signature = {**{p: "*fp32" for p in ("w_ptr", "r_ptr", "scratch_ptr", "m_ptr", "s_ptr", "d_ptr")}, **ints,
                      **{c: "constexpr" for c in constants}}
         compiled = triton.compile(ASTSource(_fused_kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
                                   options={"num_warps": warps})
-        print(lo, mid, warps, layout_ok(compiled.asm["ttgir"], warps))
+        print(lo, mid, warps, quads_ok(compiled.asm["ttgir"]))
 """)
 
 
-def test_every_fused_tile_shape_gets_the_butterfly_layout():
+def test_every_fused_tile_shape_gets_the_ptx_layout():
     """Compiled for sm_90 in a fresh process outside the interpreter (no GPU needed): each fused tile
     shape the autotune candidates reach at n = 12..24 gets the layout triton_lanes.py assumes. On a
-    GPU a shape that did not would fall back to the plain reductions, slower and still right."""
+    GPU a shape that did not would run the plain Triton path, slower and still right."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = os.pathsep.join([os.getcwd(), env.get("PYTHONPATH", "")])
     done = subprocess.run([sys.executable, "-c", _COMPILE_SHAPES], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     verdicts = [line.split() for line in done.stdout.splitlines()]
-    assert len(verdicts) >= 4, done.stdout          # 16 x 256 at 4 and 8 warps, 16 x 128, 32 x 128 at least
+    assert len(verdicts) >= 4, done.stdout          # 32 x 128 at 4 and 8 warps, 32 x 256, 16 x 128 at least
     assert all(v[3] == "True" for v in verdicts), done.stdout
