@@ -17,18 +17,24 @@ A[h, p, q] = e[p, q] 1[Qlo[h, p] > Qhi[h, q]]:
     D[h, top j] = alpha D[h, top j] + b_tj sum_pq A
 
 The tile is held as [AP, BQ, LT, MT]: lo code p = w AP + i, mid code q = lane BQ + j, so that Triton's
-default layout for it (threads along MT, warps along LT; triton_mitm.fused_constants picks LT = the
-warps, MT = 32) gives each thread an AP x BQ block. A thread then sums its block's rows and columns
-in registers (AP (BQ - 1) + (AP - 1) BQ adds per unit), each row's partial sums meet over the warp's
-lanes in a shuffle tree of AP rows (not Triton's 2-D tile's 16), and each column's over the warps in
-shared memory. The marginals are staged in scratch per unit and folded into G_lo, G_mid and D once per
-tile (rescaled by alpha), G_lo and G_mid into D once per work item, as in triton_mitm.py.
+default layout for it (threads along MT, warps along LT; `fused_constants` takes LT = the warps,
+MT = 32) gives each thread an AP x BQ block. Per unit a thread sums its block's rows and columns
+in registers (AP (BQ - 1) + (AP - 1) BQ adds); the rows' partial sums meet over the warp's lanes
+in a shuffle butterfly of AP rows (Triton's 2-d tile had 16 per thread); the columns' stay one
+per warp in scratch, [H, LT, BLOCK_MID], and meet when they are folded once per tile (a sum over
+warps per unit would go through shared memory with two barriers).
 
-On CUDA (PTX) the tables are read by inline-PTX loads in the tile's own layout, four entries a load,
-and the mask is a PTX compare and select (triton_lanes.py): Triton would load each table once per
-element of a layout of its own choosing, without vectors, and broadcast it to the warps through
-shared memory, and packs a [AP, BQ] comparison into integer bit masks under register pressure. Neither
-depends on the layout for its result: any layout gives the same sums, so no layout is checked.
+On CUDA (PTX) the tables are read and the marginals staged by inline-PTX 16-byte loads and
+stores in the tile's own layout, and the mask is a PTX compare and select (triton_lanes.py):
+Triton would load each table entry once in a layout of its own choosing, without vectors, and
+broadcast it to the warps through shared memory, and likewise move each unit's marginals to a
+layout of its choosing before storing them. These rely on the layout; `run` checks each compiled
+tile shape's TTGIR once per GPU (`quads_ok`) and runs the plain Triton path where it does not hold,
+as it does for tiles with fewer than 4 codes a thread along an axis and under the interpreter.
+Cost per triple at a 16 x 256 tile (Nsight Compute, PERFORMANCE.md): ~12 instructions, the marginals
+5.9 and the logits 3.3; 248 registers, so 2 programs of 4 warps per SM, and the unit loops wait on
+their table loads (long scoreboard) most of the time. That tile stages 4 KiB of per-warp column sums
+per unit and measured 1.7x slower than the 32 x 128 default, which stages 2 KiB.
 """
 
 from __future__ import annotations
