@@ -31,10 +31,10 @@ broadcast it to the warps through shared memory, and likewise move each unit's m
 layout of its choosing before storing them. These rely on the layout; `run` checks each compiled
 tile shape's TTGIR once per GPU (`quads_ok`) and runs the plain Triton path where it does not hold,
 as it does for tiles with fewer than 4 codes a thread along an axis and under the interpreter.
-Cost per triple at a 16 x 256 tile (Nsight Compute, PERFORMANCE.md): ~12 instructions, the marginals
-5.9 and the logits 3.3; 248 registers, so 2 programs of 4 warps per SM, and the unit loops wait on
-their table loads (long scoreboard) most of the time. That tile stages 4 KiB of per-warp column sums
-per unit and measured 1.7x slower than the 32 x 128 default, which stages 2 KiB.
+Cost per triple at the default 32 x 128 tile (Nsight Compute, PERFORMANCE.md): 12.5 instructions, the
+marginals 7.0 and the logits 3.2, at 2 programs of 4 warps per SM (255 registers), stalled mostly on
+dependent shuffles and adds. A 16 x 256 tile stages 4 KiB of per-warp column sums per unit (2 KiB at
+32 x 128), waits on its table loads instead, and measured 1.7x slower.
 """
 
 from __future__ import annotations
