@@ -150,10 +150,9 @@ def _stage(A, lo_row, mid_row, AP: tl.constexpr, BQ: tl.constexpr, LT: tl.conste
     a sum over warps here would go through shared memory with two barriers per unit)."""
     lo_sums = tl.sum(A, axis=1)                                  # [AP, LT, MT]: a thread's own mid codes first
     mid_sums = tl.sum(A, axis=0)                                 # [BQ, LT, MT]: its own lo codes
-    w = tl.arange(0, LT)[None, :, None]
-    mid_offs = w * (BQ * MT) + tl.arange(0, MT)[None, None, :] * BQ + tl.arange(0, BQ)[:, None, None]
+    mid_offs = tl.arange(0, LT)[None, :, None] * (BQ * MT) + _mid_codes(BQ, MT)[:, None, :]      # [BQ, LT, MT]
     if PTX:
-        lo_offs = tl.broadcast_to(w * AP + tl.arange(0, AP)[:, None, None], [AP, LT, MT])
+        lo_offs = tl.broadcast_to(_lo_codes(AP, LT)[:, :, None], [AP, LT, MT])
         store_rows(lo_row, lo_offs, lane_sums(lo_sums), True)     # every lane holds the sum: one store a warp
         store_rows(mid_row, mid_offs, mid_sums, True)
     else:
