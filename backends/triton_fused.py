@@ -19,29 +19,29 @@ A[h, p, q] = e[p, q] 1[Qlo[h, p] > Qhi[h, q]]:
 The tile is held as [AP, BQ, LT, MT]: lo code p = w AP + i, mid code q = lane BQ + j, so that Triton's
 default layout for it (threads along MT, warps along LT; `fused_constants` takes LT = the warps,
 MT = 32) gives each thread an AP x BQ block. Per unit a thread sums its block's rows and columns
-in registers (AP (BQ - 1) + (AP - 1) BQ adds); the rows' partial sums meet over the warp's lanes
-in a shuffle butterfly of AP rows (Triton's 2-d tile had 16 per thread); the columns' stay one
-per warp in scratch, [H, LT, BLOCK_MID], and meet when they are folded once per tile (a sum over
-warps per unit would go through shared memory with two barriers).
+in registers; the rows' partial sums meet over the warp's lanes (a reduce-scatter of AP rows); the
+columns' stay one per warp in scratch, [H, LT, BLOCK_MID], and meet when they are folded once per
+tile (a sum over warps per unit would go through shared memory with two barriers).
 
-On CUDA (PTX) the tables are read and the marginals staged by inline-PTX 16-byte loads and
-stores in the tile's own layout, and the mask is a PTX compare and select (triton_lanes.py):
-Triton would load each table entry once in a layout of its own choosing, without vectors, and
-broadcast it to the warps through shared memory, and likewise move each unit's marginals to a
-layout of its choosing before storing them. These rely on the layout; `run` checks each compiled
-tile shape's TTGIR once per GPU (`quads_ok`) and runs the plain Triton path where it does not hold,
-as it does for tiles with fewer than 4 codes a thread along an axis and under the interpreter.
-Cost per triple at the default 32 x 128 tile (Nsight Compute, PERFORMANCE.md): 12.5 instructions, the
-marginals 7.0 and the logits 3.2, at 2 programs of 4 warps per SM (255 registers), stalled mostly on
-dependent shuffles and adds. A 16 x 256 tile stages 4 KiB of per-warp column sums per unit (2 KiB at
-32 x 128), waits on its table loads instead, and measured 1.7x slower.
+On CUDA (PTX) the tables are read by inline-PTX 16-byte loads in the tile's own layout, and a unit's
+marginals are one block of PTX (triton_lanes.py: a compare and two predicated adds per triple, the
+reduce-scatter, 16-byte stores): Triton would load each table entry once in a layout of its own
+choosing, without vectors, and broadcast it to the warps through shared memory, and likewise move
+each unit's marginals to a layout of its choosing before storing them. These rely on the layout;
+`run` checks each compiled tile shape's TTGIR once per GPU (`quads_ok`) and runs the plain Triton
+path where it does not hold, as it does for tiles with fewer than 4 codes a thread along an axis
+and under the interpreter. Cost per triple at the default 32 x 128 tile (Nsight Compute,
+PERFORMANCE.md): 10.4 instructions, the marginals 4.9, the logits 3.2 and the per-tile fold 1.2, at
+2 programs of 4 warps per SM (255 registers), stalled mostly on fixed-latency dependencies. Wider
+blocks amortise more per unit but measured slower: 32 x 256 (8 x 8 a thread) by 1.9x, and a 16 x 256
+tile (2.3x) stages 4 KiB of per-warp column sums per unit (2 KiB at 32 x 128) and waits on its table loads.
 """
 
 from __future__ import annotations
 
 import torch
 
-from backends.triton_lanes import lane_sums, masked, quads_ok, rows_of, store_rows
+from backends.triton_lanes import marginals_ptx, quads_ok, rows_of, store_marginals
 from backends.triton_tables import RUNTIME_INTS, _build_tables, _edge, _fold_r, _tile_top
 from harness.triton_helpers import INTERPRET, jit, tl
 
@@ -143,21 +143,25 @@ def _mid_codes(BQ: tl.constexpr, MT: tl.constexpr):
 
 
 @jit
-def _stage(A, lo_row, mid_row, AP: tl.constexpr, BQ: tl.constexpr, LT: tl.constexpr, MT: tl.constexpr,
-           PTX: tl.constexpr):
-    """Stage one unit's marginals of A [AP, BQ, LT, MT]: its sums over mid codes at lo_row [BLOCK_LO], and each
-    warp's sums over its lo codes at mid_row [LT, BLOCK_MID] (the warps' parts meet when they are folded:
-    a sum over warps here would go through shared memory with two barriers per unit)."""
-    lo_sums = tl.sum(A, axis=1)                                  # [AP, LT, MT]: a thread's own mid codes first
-    mid_sums = tl.sum(A, axis=0)                                 # [BQ, LT, MT]: its own lo codes
+def _stage(e, q_lo, q_hi, lo_row, mid_row, AP: tl.constexpr, BQ: tl.constexpr, LT: tl.constexpr,
+           MT: tl.constexpr, PTX: tl.constexpr, MARGINALS: tl.constexpr, MARGINALS_IO: tl.constexpr):
+    """Stage one unit's marginals of A = e 1[q_lo > q_hi] (e [AP, BQ, LT, MT], q_lo [AP, 1, LT, 1], q_hi
+    [1, BQ, 1, MT]): its sums over mid codes at lo_row [BLOCK_LO], and each warp's sums over its lo codes at
+    mid_row [LT, BLOCK_MID] (the warps' parts meet when they are folded: a sum over warps here would go
+    through shared memory with two barriers per unit)."""
+    lo = _lo_codes(AP, LT)                                                                       # [AP, LT]
     mid_offs = tl.arange(0, LT)[None, :, None] * (BQ * MT) + _mid_codes(BQ, MT)[:, None, :]      # [BQ, LT, MT]
     if PTX:
-        lo_offs = tl.broadcast_to(_lo_codes(AP, LT)[:, :, None], [AP, LT, MT])
-        store_rows(lo_row, lo_offs, lane_sums(lo_sums), True)     # every lane holds the sum: one store a warp
-        store_rows(mid_row, mid_offs, mid_sums, True)
+        # Only the thread's first row's and first column's addresses are used; the compiler knows the low
+        # bits of the others' offsets and folds them to 0.
+        lo_at = tl.where(lo % AP == 0, (lo_row + lo).to(tl.int64, bitcast=True), 0)
+        mid_at = tl.where(mid_offs % BQ == 0, (mid_row + mid_offs).to(tl.int64, bitcast=True), 0)
+        store_marginals(e, q_lo, q_hi, lo_at[:, None, :, None], mid_at[None, :, :, :], MARGINALS, MARGINALS_IO,
+                        AP * BQ)
     else:
-        tl.store(lo_row + _lo_codes(AP, LT), tl.sum(lo_sums, axis=2))
-        tl.store(mid_row + mid_offs, mid_sums)
+        A = tl.where(q_lo > q_hi, e, 0.0)
+        tl.store(lo_row + lo, tl.sum(tl.sum(A, axis=1), axis=2))
+        tl.store(mid_row + mid_offs, tl.sum(A, axis=0))
 
 
 @jit
@@ -175,7 +179,8 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
                   H, n_bits, n_lo, n_mid, n_top, k_start, k_stop, first_tile, last_tile,
                   chunks, tiles_per_chunk, n_items,
                   HB: tl.constexpr, AP: tl.constexpr, BQ: tl.constexpr, LT: tl.constexpr, MT: tl.constexpr,
-                  MID_A_BITS: tl.constexpr, N_TOP: tl.constexpr, PTX: tl.constexpr):
+                  MID_A_BITS: tl.constexpr, N_TOP: tl.constexpr, PTX: tl.constexpr, MARGINALS: tl.constexpr,
+                  MARGINALS_IO: tl.constexpr):
     """For each work item (row, chunk): (m, s, D [H, n]) over the chunk's tiles, written at item.
 
     Scratch slot (`scratch_floats`): Qlo [H, BLOCK_LO] (per tile), then the item's tables (P_lo [H, BLOCK_LO],
@@ -228,9 +233,8 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
             q_lo, q_hi = _unit(qlo, qhi, _first_unit(tile), lo, mid, BLOCK_LO, BLOCK_MID, PTX)
             for h in range(0, H):
                 q_lo_next, q_hi_next = _unit(qlo, qhi, h + 1, lo, mid, BLOCK_LO, BLOCK_MID, PTX)   # as in the logits
-                q_lo4, q_hi4 = q_lo[:, None, :, None], q_hi[None, :, None, :]
-                A = masked(e, q_lo4, q_hi4) if PTX else tl.where(q_lo4 > q_hi4, e, 0.0)     # [AP, BQ, LT, MT]
-                _stage(A, stage_lo + h * BLOCK_LO, stage_mid + h * LT * BLOCK_MID, AP, BQ, LT, MT, PTX)
+                _stage(e, q_lo[:, None, :, None], q_hi[None, :, None, :], stage_lo + h * BLOCK_LO,
+                       stage_mid + h * LT * BLOCK_MID, AP, BQ, LT, MT, PTX, MARGINALS, MARGINALS_IO)
                 q_lo, q_hi = q_lo_next, q_hi_next
             tl.debug_barrier()
             first = tile == t0
@@ -279,9 +283,16 @@ _LAYOUTS: dict[tuple, bool] = {}
 
 def ptx_possible(constants: dict[str, int], num_warps: int) -> bool:
     """Whether a tile can take the PTX path: compiled for NVIDIA, four-entry groups along both of a thread's
-    axes, a warp's lanes along MT and the warps along LT (the layout `quads_ok` then checks)."""
-    return not INTERPRET and torch.version.hip is None and constants["AP"] % 4 == 0 and constants["BQ"] % 4 == 0 \
-        and constants["MT"] == 32 and constants["LT"] == num_warps
+    axes and at most 32 lo codes a thread (`marginals_ptx`), a warp's lanes along MT and the warps along LT
+    (the layout `quads_ok` then checks)."""
+    return not INTERPRET and torch.version.hip is None and constants["AP"] in (4, 8, 16, 32) \
+        and constants["BQ"] % 4 == 0 and constants["MT"] == 32 and constants["LT"] == num_warps
+
+
+def ptx_constants(constants: dict[str, int], ptx: bool) -> dict[str, bool | str]:
+    """The fused kernel's PTX constexprs: whether it takes the PTX path, and the marginals' PTX for the tile."""
+    asm, io = marginals_ptx(constants["AP"], constants["BQ"]) if ptx else ("", "")
+    return {"PTX": ptx, "MARGINALS": asm, "MARGINALS_IO": io}
 
 
 def run(grid: tuple, args: tuple, constants: dict[str, int], launch: dict[str, int]) -> None:
@@ -291,7 +302,7 @@ def run(grid: tuple, args: tuple, constants: dict[str, int], launch: dict[str, i
     if ptx:
         key = (tuple(constants.items()), tuple(launch.items()), torch.cuda.get_device_capability(args[0].device))
         if key not in _LAYOUTS:
-            compiled = _fused_kernel.warmup(*args, grid=grid, **constants, PTX=True, **launch)
+            compiled = _fused_kernel.warmup(*args, grid=grid, **constants, **ptx_constants(constants, True), **launch)
             _LAYOUTS[key] = quads_ok(compiled.asm["ttgir"])
         ptx = _LAYOUTS[key]
-    _fused_kernel[grid](*args, **constants, PTX=ptx, **launch)
+    _fused_kernel[grid](*args, **constants, **ptx_constants(constants, ptx), **launch)

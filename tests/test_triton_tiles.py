@@ -1,7 +1,7 @@
 """Every tile shape the `triton` backend may run (its autotune candidates) against the float64 oracle.
 
 On CUDA the fused kernel reads and writes its tables and marginals by inline PTX in the tile's
-own layout and sums over lanes with a shuffle butterfly (backends/triton_lanes.py), which rely on
+own layout and sums over lanes with shuffles (backends/triton_lanes.py), which rely on
 Triton's layout of the tile, so each shape the autotuner may pick is held to the tolerance policy
 here, not only the default the properties draw. Under TRITON_INTERPRET=1 (no GPU) the kernels take
 the plain Triton path, on smaller sizes; and every fused tile shape is compiled for sm_90 (no GPU
@@ -68,7 +68,7 @@ _COMPILE_SHAPES = textwrap.dedent("""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     import triton
-    from backends.triton_fused import _fused_kernel, fused_constants, ptx_possible
+    from backends.triton_fused import _fused_kernel, fused_constants, ptx_constants, ptx_possible
     from backends.triton_lanes import quads_ok
     from backends.triton_mitm import TUNING, _tables_state, tile_split
     from backends.triton_tables import RUNTIME_INTS
@@ -87,7 +87,8 @@ _COMPILE_SHAPES = textwrap.dedent("""
     wide = ("k_start", "k_stop", "first_tile", "last_tile")
     ints = {name: "i64" if name in wide else "i32" for name in RUNTIME_INTS}
     for lo, mid, warps in sorted(shapes):
-        constants = {**fused_constants(lo, mid, warps), "PTX": True}
+        tile = fused_constants(lo, mid, warps)
+        constants = {**tile, **ptx_constants(tile, True)}
         signature = {**{p: "*fp32" for p in ("w_ptr", "r_ptr", "scratch_ptr", "m_ptr", "s_ptr", "d_ptr")}, **ints,
                      **{c: "constexpr" for c in constants}}
         compiled = triton.compile(ASTSource(_fused_kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
