@@ -19,9 +19,11 @@ A[h, p, q] = e[p, q] 1[Qlo[h, p] > Qhi[h, q]]:
 The tile is held as [AP, BQ, LT, MT]: lo code p = w AP + i, mid code q = lane BQ + j, so that Triton's
 default layout for it (threads along MT, warps along LT; `fused_constants` takes LT = the warps,
 MT = 32) gives each thread an AP x BQ block. Per unit a thread sums its block's rows and columns
-in registers; the rows' partial sums meet over the warp's lanes (a reduce-scatter of AP rows); the
-columns' stay one per warp in scratch, [H, LT, BLOCK_MID], and meet when they are folded once per
-tile (a sum over warps per unit would go through shared memory with two barriers).
+in registers; the rows' partial sums meet over the warp's lanes (a reduce-scatter of AP rows) and
+are staged per tile; the columns' are added to one accumulator per warp, [H, LT, BLOCK_MID] in
+scratch, read a unit ahead, and the warps' parts meet once per item (a sum over warps per unit would
+go through shared memory with two barriers; staging them per tile and folding them cost 1.2
+instructions per triple).
 
 On CUDA (PTX) the tables are read by inline-PTX 16-byte loads in the tile's own layout, and a unit's
 marginals are one block of PTX (triton_lanes.py: a compare and two predicated adds per triple, the
@@ -31,10 +33,13 @@ each unit's marginals to a layout of its choosing before storing them. These rel
 `run` checks each compiled tile shape's TTGIR once per GPU (`quads_ok`) and runs the plain Triton
 path where it does not hold, as it does for tiles with fewer than 4 codes a thread along an axis
 and under the interpreter. Cost per triple at the default 32 x 128 tile (Nsight Compute,
-PERFORMANCE.md): 10.4 instructions, the marginals 4.9, the logits 3.2 and the per-tile fold 1.2, at
-2 programs of 4 warps per SM (255 registers), stalled mostly on fixed-latency dependencies. Wider
-blocks amortise more per unit but measured slower: 32 x 256 (8 x 8 a thread) by 1.9x, and a 16 x 256
-tile (2.3x) stages 4 KiB of per-warp column sums per unit (2 KiB at 32 x 128) and waits on its table loads.
+PERFORMANCE.md): 9.7 instructions, the marginals 5.3, the logits 3.2 and the per-tile fold 0.3, at
+2 programs of 4 warps per SM (255 registers), stalled mostly on fixed-latency dependencies. The
+per-warp accumulators take H x 2 KiB per program at 32 x 128, so from H = 48 two programs' scratch
+is more than an SM's 256 KiB of L1 and shared memory; at H = 64, B = 4096 one program per SM is
+faster (`programs_per_sm=1`, one of `autotune`'s candidates). Wider blocks amortise more per unit
+but measured slower: 32 x 256 (8 x 8 a thread) by 1.9x, 16 x 256 by 2.3x (before the per-warp
+accumulators).
 """
 
 from __future__ import annotations
@@ -60,8 +65,10 @@ def _rescale_add(ptrs, mask, alpha, d, first):
 
 
 @jit
-def _fold(acc_ptr, d_ptr, h0, H, n_bits, col0, n_cols, K, HB: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr):
-    """D[h, col0 + j] = sum_k acc[h, k] b_kj for j < n_cols, hidden units h0..h0+HB, codes in KB chunks.
+def _fold(acc_ptr, d_ptr, h0, H, n_bits, col0, n_cols, K, HB: tl.constexpr, KB: tl.constexpr, NB: tl.constexpr,
+          PARTS: tl.constexpr):
+    """D[h, col0 + j] = sum_k acc[h, k] b_kj for j < n_cols, hidden units h0..h0+HB, codes in KB chunks, where
+    acc [H, PARTS, K] holds acc[h, k] in PARTS parts, added in order.
 
     An explicit IEEE dot: written as a broadcast product summed over k, Triton turns the
     pattern into a dot itself, in TF32, which loses 11 bits.
@@ -71,8 +78,10 @@ def _fold(acc_ptr, d_ptr, h0, H, n_bits, col0, n_cols, K, HB: tl.constexpr, KB: 
     d = tl.zeros([HB, NB], tl.float32)
     for k0 in range(0, K, KB):
         k = k0 + tl.arange(0, KB)
-        g = tl.load(acc_ptr + offs_h[:, None] * K + k[None, :], mask=(offs_h[:, None] < H) & (k[None, :] < K),
-                    other=0.0)                                                                          # [HB, KB]
+        g = tl.zeros([HB, KB], tl.float32)
+        for part in range(PARTS):
+            g += tl.load(acc_ptr + (offs_h[:, None] * PARTS + part) * K + k[None, :],
+                         mask=(offs_h[:, None] < H) & (k[None, :] < K), other=0.0)                       # [HB, KB]
         b = tl.where((k[:, None] >> j[None, :]) & 1 == 1, 1.0, -1.0)                                   # [KB, NB]
         d += tl.dot(g, b, input_precision="ieee")
     tl.store(d_ptr + offs_h[:, None] * n_bits + col0 + j[None, :], d,
@@ -143,25 +152,34 @@ def _mid_codes(BQ: tl.constexpr, MT: tl.constexpr):
 
 
 @jit
-def _stage(e, q_lo, q_hi, lo_row, mid_row, AP: tl.constexpr, BQ: tl.constexpr, LT: tl.constexpr,
-           MT: tl.constexpr, PTX: tl.constexpr, MARGINALS: tl.constexpr, MARGINALS_IO: tl.constexpr):
-    """Stage one unit's marginals of A = e 1[q_lo > q_hi] (e [AP, BQ, LT, MT], q_lo [AP, 1, LT, 1], q_hi
-    [1, BQ, 1, MT]): its sums over mid codes at lo_row [BLOCK_LO], and each warp's sums over its lo codes at
-    mid_row [LT, BLOCK_MID] (the warps' parts meet when they are folded: a sum over warps here would go
-    through shared memory with two barriers per unit)."""
+def _stage(e, q_lo, q_hi, lo_row, mid_row, mid_old, alpha, first, AP: tl.constexpr, BQ: tl.constexpr,
+           LT: tl.constexpr, MT: tl.constexpr, PTX: tl.constexpr, MARGINALS: tl.constexpr, MARGINALS_IO: tl.constexpr):
+    """One unit's marginals of A = e 1[q_lo > q_hi] (e [AP, BQ, LT, MT], q_lo [AP, 1, LT, 1], q_hi
+    [1, BQ, 1, MT]): its sums over mid codes stored at lo_row [BLOCK_LO], and each warp's sums over its lo
+    codes added to that warp's accumulators at mid_row [LT, BLOCK_MID] (alpha C + sums; the sums alone on
+    an item's first tile). With PTX, mid_old [BQ, LT, MT] is what mid_row holds, read by the caller a
+    unit ahead, and 0 before the first tile (where alpha is 0). The warps' parts meet once per item
+    (`_fold`): a sum over warps per unit would go through shared memory with two barriers, and one per
+    tile cost 1.2 instructions per triple."""
     lo = _lo_codes(AP, LT)                                                                       # [AP, LT]
-    mid_offs = tl.arange(0, LT)[None, :, None] * (BQ * MT) + _mid_codes(BQ, MT)[:, None, :]      # [BQ, LT, MT]
+    mid_offs = _mid_offs(BQ, LT, MT)
     if PTX:
         # Only the thread's first row's and first column's addresses are used; the compiler knows the low
         # bits of the others' offsets and folds them to 0.
         lo_at = tl.where(lo % AP == 0, (lo_row + lo).to(tl.int64, bitcast=True), 0)
         mid_at = tl.where(mid_offs % BQ == 0, (mid_row + mid_offs).to(tl.int64, bitcast=True), 0)
-        store_marginals(e, q_lo, q_hi, lo_at[:, None, :, None], mid_at[None, :, :, :], MARGINALS, MARGINALS_IO,
-                        AP * BQ)
+        store_marginals(e, q_lo, q_hi, lo_at[:, None, :, None], mid_at[None, :, :, :],
+                        mid_old[None, :, :, :], alpha, MARGINALS, MARGINALS_IO, AP * BQ)
     else:
         A = tl.where(q_lo > q_hi, e, 0.0)
         tl.store(lo_row + lo, tl.sum(tl.sum(A, axis=1), axis=2))
-        tl.store(mid_row + mid_offs, tl.sum(A, axis=0))
+        _rescale_add(mid_row + mid_offs, mid_offs >= 0, alpha, tl.sum(A, axis=0), first)
+
+
+@jit
+def _mid_offs(BQ: tl.constexpr, LT: tl.constexpr, MT: tl.constexpr):
+    """[BQ, LT, MT]: warp w's entry for mid code lane BQ + j in a [LT, BLOCK_MID] row."""
+    return tl.arange(0, LT)[None, :, None] * (BQ * MT) + _mid_codes(BQ, MT)[:, None, :]
 
 
 @jit
@@ -184,9 +202,9 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
     """For each work item (row, chunk): (m, s, D [H, n]) over the chunk's tiles, written at item.
 
     Scratch slot (`scratch_floats`): Qlo [H, BLOCK_LO] (per tile), then the item's tables (P_lo [H, BLOCK_LO],
-    Qhi [H, BLOCK_MID], R_mid [BLOCK_MID], P_top [H]: `_build_tables` with MID_SCALED), the staged
-    marginals [H, BLOCK_LO] and [H, LT, BLOCK_MID], and their accumulators G_lo [H, BLOCK_LO] and G_mid
-    [H, BLOCK_MID].
+    Qhi [H, BLOCK_MID], R_mid [BLOCK_MID], P_top [H]: `_build_tables` with MID_SCALED), a tile's lo
+    marginals [H, BLOCK_LO], the warps' parts of G_mid [H, LT, BLOCK_MID], G_lo [H, BLOCK_LO], and
+    [LT, BLOCK_MID] of slack.
     """
     BLOCK_LO: tl.constexpr = AP * LT
     BLOCK_MID: tl.constexpr = BQ * MT
@@ -195,15 +213,14 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
     tables = qlo + H * BLOCK_LO
     qhi = tables + H * BLOCK_LO
     stage_lo = tables + (H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID + 3) // 4 * 4     # 16-byte aligned
-    stage_mid = stage_lo + H * BLOCK_LO
-    acc_lo = stage_mid + H * LT * BLOCK_MID
-    acc_mid = acc_lo + H * BLOCK_LO
+    acc_mid = stage_lo + H * BLOCK_LO
+    acc_lo = acc_mid + H * LT * BLOCK_MID
     padded = ((1 << n_lo) < BLOCK_LO) | ((1 << n_mid) < BLOCK_MID)
     tile_bits = n_lo + n_mid
     offs_lo = tl.arange(0, BLOCK_LO)
-    offs_mid = tl.arange(0, BLOCK_MID)
     lo = _lo_codes(AP, LT)
     mid = _mid_codes(BQ, MT)
+    mid_offs = _mid_offs(BQ, LT, MT)
     j_top = tl.arange(0, N_TOP)
     for item in range(tl.program_id(0), n_items, tl.num_programs(0)):
         row = tl.cast(item // chunks, tl.int64)
@@ -212,7 +229,10 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
         tl.debug_barrier()
         _build_tables(w_row, r_row, tables, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS, False,
                       True)
-        tl.debug_barrier()  # R_mid is written by other threads
+        if PTX:     # G_mid's parts start at 0 (the first tile's alpha is 0, and 0 x poison could be NaN)
+            for h in range(0, H):
+                tl.store(acc_mid + h * LT * BLOCK_MID + mid_offs, tl.zeros([BQ, LT, MT], tl.float32))
+        tl.debug_barrier()  # R_mid is written by other threads, and so may G_mid's zeros be
         r_mid = tl.load(tables + H * (BLOCK_LO + BLOCK_MID) + mid)                            # [BQ, MT]
         m = -float("inf")
         s = 0.0
@@ -230,32 +250,32 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
             e = tl.exp2(l - m_scale)
             s = s * alpha + _all(e, False)
             m = m_new
-            q_lo, q_hi = _unit(qlo, qhi, _first_unit(tile), lo, mid, BLOCK_LO, BLOCK_MID, PTX)
-            for h in range(0, H):
-                q_lo_next, q_hi_next = _unit(qlo, qhi, h + 1, lo, mid, BLOCK_LO, BLOCK_MID, PTX)   # as in the logits
-                _stage(e, q_lo[:, None, :, None], q_hi[None, :, None, :], stage_lo + h * BLOCK_LO,
-                       stage_mid + h * LT * BLOCK_MID, AP, BQ, LT, MT, PTX, MARGINALS, MARGINALS_IO)
-                q_lo, q_hi = q_lo_next, q_hi_next
-            tl.debug_barrier()
             first = tile == t0
+            q_lo, q_hi = _unit(qlo, qhi, _first_unit(tile), lo, mid, BLOCK_LO, BLOCK_MID, PTX)
+            mid_old = rows_of(acc_mid + _first_unit(tile), mid_offs, PTX)
+            for h in range(0, H):
+                # The next unit's tables and accumulators, as in the logits (at h = H - 1 the accumulators'
+                # read is of what follows them in the slot, G_lo and slack, and unused).
+                q_lo_next, q_hi_next = _unit(qlo, qhi, h + 1, lo, mid, BLOCK_LO, BLOCK_MID, PTX)
+                mid_old_next = rows_of(acc_mid + (h + 1) * LT * BLOCK_MID, mid_offs, PTX)
+                _stage(e, q_lo[:, None, :, None], q_hi[None, :, None, :], stage_lo + h * BLOCK_LO,
+                       acc_mid + h * LT * BLOCK_MID, mid_old, alpha, first, AP, BQ, LT, MT, PTX, MARGINALS,
+                       MARGINALS_IO)
+                q_lo, q_hi, mid_old = q_lo_next, q_hi_next, mid_old_next
+            tl.debug_barrier()
             b_top = tl.where((tile >> j_top) & 1 == 1, 1.0, -1.0)                      # [N_TOP]
             for h0 in range(0, H, HB):
                 offs_h = h0 + tl.arange(0, HB)
                 h_ok = offs_h[:, None] < H
                 g_lo = tl.load(stage_lo + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], mask=h_ok, other=0.0)
                 _rescale_add(acc_lo + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], h_ok, alpha, g_lo, first)
-                g_mid = tl.zeros([HB, BLOCK_MID], tl.float32)
-                for w in range(LT):     # the warps' parts, in order
-                    g_mid += tl.load(stage_mid + (offs_h[:, None] * LT + w) * BLOCK_MID + offs_mid[None, :], mask=h_ok,
-                                     other=0.0)
-                _rescale_add(acc_mid + offs_h[:, None] * BLOCK_MID + offs_mid[None, :], h_ok, alpha, g_mid, first)
                 d_top = tl.sum(g_lo, axis=1)[:, None] * b_top[None, :]                 # [HB, N_TOP]
                 _rescale_add(d_item + offs_h[:, None] * n_bits + n_lo + n_mid + j_top[None, :],
                              h_ok & (j_top[None, :] < n_top), alpha, d_top, first)
         tl.debug_barrier()
         for h0 in range(0, H, HB):
-            _fold(acc_lo, d_item, h0, H, n_bits, 0, n_lo, BLOCK_LO, HB, 16, 16)
-            _fold(acc_mid, d_item, h0, H, n_bits, n_lo, n_mid, BLOCK_MID, HB, 16, 16)
+            _fold(acc_lo, d_item, h0, H, n_bits, 0, n_lo, BLOCK_LO, HB, 16, 16, 1)
+            _fold(acc_mid, d_item, h0, H, n_bits, n_lo, n_mid, BLOCK_MID, HB, 16, 16, LT)
         tl.store(m_ptr + item, m * 0.6931471805599453)
         tl.store(s_ptr + item, s)
 
@@ -273,8 +293,9 @@ def scratch_floats(hidden: int, constants: dict[str, int]) -> int:
     and stores of four entries) given an aligned slot."""
     block_lo, block_mid = constants["AP"] * constants["LT"], constants["BQ"] * constants["MT"]
     tables = -(-(hidden * (block_lo + block_mid + 1) + block_mid) // 4) * 4
-    stages = hidden * (block_lo + constants["LT"] * block_mid)
-    return hidden * block_lo + tables + stages + hidden * (block_lo + block_mid)
+    # the G_mid parts are read a unit ahead: after the last unit's, one unit's worth of slack
+    return hidden * block_lo + tables + hidden * (block_lo + constants["LT"] * block_mid + block_lo) \
+        + constants["LT"] * block_mid
 
 
 # (tile constexprs, num_warps, compute capability) -> whether the compiled kernel has the layout `rows_of` assumes.

@@ -38,20 +38,22 @@ def marginals_ptx(rows: int, cols: int) -> tuple[str, str]:
     column sums as they are.
 
     Operands, N = rows cols, element (i, j) the thread's register i cols + j: N unused outputs, then N
-    each of e, qlo (row i's at element (i, 0)), qhi (column j's at (0, j)), the address of row 0's sum and
-    that of column 0's. Per element a compare and two predicated adds, the first term of each sum a
-    select (e >= +0, and NaN compares false: masked out). The row sums meet over the lanes in a
+    each of e, qlo (row i's at element (i, 0)), qhi (column j's at (0, j)), the address of row 0's sum,
+    that of column 0's accumulator (of these two only element 0's are read), the accumulators' values
+    (column j's at (0, j)) and alpha (element 0's). Per element a compare and two predicated adds, the first term
+    of each sum a select (e >= +0, and NaN compares false: masked out). The row sums meet over the lanes in a
     reduce-scatter: at lane bit b = 4, 3, ... a lane keeps the half of its rows its bit selects and
     sends the other half to lane ^ 2^b, which adds it to its own (2 selects, a shuffle and an add per
     row kept, where a butterfly would shuffle and add every row at every bit); once a lane holds one
     row the remaining bits are a butterfly. Lane L ends with row L >> (5 - log2 rows), summed in the
-    butterfly's tree (pairs across bit 4 first), and the first lane of each row's group stores it;
-    the column sums go out in 16-byte stores.
+    butterfly's tree (pairs across bit 4 first), and the first lane of each row's group stores it.
+    The column sums are added to their accumulators, C <- alpha C + sums, in 16-byte stores (the caller
+    reads C a unit ahead, to hide the load's latency, and passes 0 where C holds nothing yet).
     """
     bits = rows.bit_length() - 1
     assert rows == 1 << bits and bits <= 5 and cols % 4 == 0, (rows, cols)
     n = rows * cols
-    row_at, col_at = f"${4 * n}", f"${5 * n}"
+    row_at, col_at, alpha = f"${4 * n}", f"${5 * n}", f"${7 * n}"
     lines = ["{", ".reg .pred on, up;", ".reg .b32 lane, bit, send, got, rho;", ".reg .b64 at;",
              ".reg .b32 " + ", ".join([f"row{i}" for i in range(rows)] + [f"col{j}" for j in range(cols)]) + ";"]
     for i in range(rows):
@@ -60,8 +62,6 @@ def marginals_ptx(rows: int, cols: int) -> tuple[str, str]:
             lines.append(f"setp.gt.f32 on, ${2 * n + i * cols}, ${3 * n + j};")
             lines.append(f"selp.b32 row{i}, {value}, 0, on;" if j == 0 else f"@on add.f32 row{i}, row{i}, {value};")
             lines.append(f"selp.b32 col{j}, {value}, 0, on;" if i == 0 else f"@on add.f32 col{j}, col{j}, {value};")
-    lines += [f"st.global.v4.b32 [{col_at}+{16 * g}], {{col{4 * g}, col{4 * g + 1}, col{4 * g + 2}, col{4 * g + 3}}};"
-              for g in range(cols // 4)]
     lines.append("mov.u32 lane, %laneid;")
     width = rows
     for b in range(4, -1, -1):
@@ -77,17 +77,24 @@ def marginals_ptx(rows: int, cols: int) -> tuple[str, str]:
             lines += [f"shfl.sync.bfly.b32 got, row0, {1 << b}, 0x1f, 0xffffffff;", "add.f32 row0, row0, got;"]
     lines += [f"shr.u32 rho, lane, {5 - bits};", f"and.b32 bit, lane, {(1 << (5 - bits)) - 1};",
               "setp.eq.u32 up, bit, 0;", f"mad.wide.u32 at, rho, 4, {row_at};", "@up st.global.f32 [at], row0;"]
+    lines += [f"fma.rn.f32 col{j}, ${6 * n + j}, {alpha}, col{j};" for j in range(cols)]
+    lines += [f"st.global.v4.b32 [{col_at}+{16 * g}], {{col{4 * g}, col{4 * g + 1}, col{4 * g + 2}, col{4 * g + 3}}};"
+              for g in range(cols // 4)]
     lines += [f"mov.b32 ${k}, 0;" for k in range(n)] + ["}"]
-    return "\n".join(lines), ",".join(["=r"] * n + ["r"] * (3 * n) + ["l"] * (2 * n))
+    return "\n".join(lines), ",".join(["=r"] * n + ["r"] * (3 * n) + ["l"] * (2 * n) + ["r"] * (2 * n))
 
 
 @jit
-def store_marginals(e, q_lo, q_hi, row_at, col_at, ASM: tl.constexpr, IO: tl.constexpr, N: tl.constexpr):
-    """Stage a hidden unit's marginals of A = e 1[q_lo > q_hi] by `marginals_ptx`'s ASM: e [AP, BQ, LT, 32],
+def store_marginals(e, q_lo, q_hi, row_at, col_at, col_old, alpha, ASM: tl.constexpr, IO: tl.constexpr,
+                    N: tl.constexpr):
+    """A hidden unit's marginals of A = e 1[q_lo > q_hi] by `marginals_ptx`'s ASM: e [AP, BQ, LT, 32],
     q_lo [AP, 1, LT, 1], q_hi [1, BQ, 1, 32], row_at and col_at the int64 addresses of the thread's first
-    row's and first column's sums (`quads_ok` checks the layout; N = AP BQ)."""
+    row's sum and first column's accumulator, col_old [1, BQ, LT, 32] the accumulators, which become
+    alpha col_old + sums (`quads_ok` checks the layout; N = AP BQ)."""
+    alpha = tl.zeros_like(e) + alpha
     tl.inline_asm_elementwise(ASM, IO, [e.to(tl.int32, bitcast=True), q_lo.to(tl.int32, bitcast=True),
-                                        q_hi.to(tl.int32, bitcast=True), row_at, col_at],
+                                        q_hi.to(tl.int32, bitcast=True), row_at, col_at,
+                                        col_old.to(tl.int32, bitcast=True), alpha.to(tl.int32, bitcast=True)],
                               dtype=tl.int32, is_pure=False, pack=N)
 
 
