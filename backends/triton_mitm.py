@@ -33,7 +33,7 @@ works and small batches still fill the GPU.
 
 Cost per triple (Nsight Compute, PERFORMANCE.md): forward 2 adds plus ~0.3-0.5 of table loads (Qlo is
 a broadcast, which Triton loads one scalar at a time, so the forward reads it in int64 pairs) and ~0.3
-of loop control and exponentials; the fused pass ~12 (triton_fused.py).
+of loop control and exponentials; the fused pass ~10 (triton_fused.py).
 Limits: n_bits 1..32 (codes in int64), any H and B, log2_range <= 126 (harness/problems/sick_bide.py:
 the tables and their sums stay finite); float32, float16 and bfloat16 inputs, tables and
 accumulation in float32. CUDA, or the CPU under TRITON_INTERPRET=1.
