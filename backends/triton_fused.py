@@ -31,8 +31,9 @@ reduce-scatter, 16-byte stores): Triton would load each table entry once in a la
 choosing, without vectors, and broadcast it to the warps through shared memory, and likewise move
 each unit's marginals to a layout of its choosing before storing them. These rely on the layout;
 `run` checks each compiled tile shape's TTGIR once per GPU (`quads_ok`) and runs the plain Triton
-path where it does not hold, as it does for tiles with fewer than 4 codes a thread along an axis
-and under the interpreter. Cost per triple at the default 32 x 128 tile (Nsight Compute,
+path where it does not hold, as it does for the tiles `ptx_possible` refuses (a thread's lo or mid
+codes not a multiple of 4, more than 32 lo codes a thread, fewer than 32 mid codes or fewer lo codes
+than warps) and under the interpreter. Cost per triple at the default 32 x 128 tile (Nsight Compute,
 PERFORMANCE.md): 9.7 instructions, the marginals 5.3, the logits 3.2 and the per-tile fold 0.3, at
 2 programs of 4 warps per SM (255 registers), stalled mostly on fixed-latency dependencies. The
 per-warp accumulators take H x 2 KiB per program at 32 x 128, so from H = 48 two programs' scratch
@@ -202,9 +203,9 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
     """For each work item (row, chunk): (m, s, D [H, n]) over the chunk's tiles, written at item.
 
     Scratch slot (`scratch_floats`): Qlo [H, BLOCK_LO] (per tile), then the item's tables (P_lo [H, BLOCK_LO],
-    Qhi [H, BLOCK_MID], R_mid [BLOCK_MID], P_top [H]: `_build_tables` with MID_SCALED), a tile's lo
-    marginals [H, BLOCK_LO], the warps' parts of G_mid [H, LT, BLOCK_MID], G_lo [H, BLOCK_LO], and
-    [LT, BLOCK_MID] of slack.
+    Qhi [H, BLOCK_MID], R_mid [BLOCK_MID]: `_build_tables` with MID_SCALED) and the tile's P_top [H]
+    (`_tile_top`), padding to 16 bytes, a tile's lo marginals [H, BLOCK_LO], the warps' parts of G_mid
+    [H, LT, BLOCK_MID], G_lo [H, BLOCK_LO], and [LT, BLOCK_MID] of slack.
     """
     BLOCK_LO: tl.constexpr = AP * LT
     BLOCK_MID: tl.constexpr = BQ * MT
@@ -252,12 +253,12 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
             m = m_new
             first = tile == t0
             q_lo, q_hi = _unit(qlo, qhi, _first_unit(tile), lo, mid, BLOCK_LO, BLOCK_MID, PTX)
-            mid_old = rows_of(acc_mid + _first_unit(tile), mid_offs, PTX)
+            mid_old = rows_of(acc_mid, mid_offs, PTX, False)
             for h in range(0, H):
                 # The next unit's tables and accumulators, as in the logits (at h = H - 1 the accumulators'
                 # read is of what follows them in the slot, G_lo and slack, and unused).
                 q_lo_next, q_hi_next = _unit(qlo, qhi, h + 1, lo, mid, BLOCK_LO, BLOCK_MID, PTX)
-                mid_old_next = rows_of(acc_mid + (h + 1) * LT * BLOCK_MID, mid_offs, PTX)
+                mid_old_next = rows_of(acc_mid + (h + 1) * LT * BLOCK_MID, mid_offs, PTX, False)
                 _stage(e, q_lo[:, None, :, None], q_hi[None, :, None, :], stage_lo + h * BLOCK_LO,
                        acc_mid + h * LT * BLOCK_MID, mid_old, alpha, first, AP, BQ, LT, MT, PTX, MARGINALS,
                        MARGINALS_IO)
@@ -298,7 +299,8 @@ def scratch_floats(hidden: int, constants: dict[str, int]) -> int:
         + constants["LT"] * block_mid
 
 
-# (tile constexprs, num_warps, compute capability) -> whether the compiled kernel has the layout `rows_of` assumes.
+# (tile constexprs, num_warps, compute capability) -> whether the compiled kernel has the layouts `rows_of` and
+# `store_marginals` assume.
 _LAYOUTS: dict[tuple, bool] = {}
 
 
@@ -317,8 +319,9 @@ def ptx_constants(constants: dict[str, int], ptx: bool) -> dict[str, bool | str]
 
 
 def run(grid: tuple, args: tuple, constants: dict[str, int], launch: dict[str, int]) -> None:
-    """Launch `_fused_kernel`, with PTX where the tile can have the layout `rows_of` needs and the compiled kernel
-    has it (checked once per tile shape and GPU; the compile is the launch's own, from Triton's cache)."""
+    """Launch `_fused_kernel`, with PTX where the tile can have the layouts `rows_of` and `store_marginals` need
+    and the compiled kernel has them (checked once per tile shape and GPU; the compile is the launch's own,
+    from Triton's cache)."""
     ptx = ptx_possible(constants, launch["num_warps"])
     if ptx:
         key = (tuple(constants.items()), tuple(launch.items()), torch.cuda.get_device_capability(args[0].device))

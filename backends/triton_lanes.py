@@ -108,17 +108,19 @@ def _quads(row, offs):
 
 
 @jit
-def rows_of(row, offs, PTX: tl.constexpr):
+def rows_of(row, offs, PTX: tl.constexpr, PURE: tl.constexpr = True):
     """row[offs] for offs [N, ...]; with PTX, by 16-byte loads of four entries in offs' own layout.
 
     The PTX path assumes what the fused kernel's tiles give (`quads_ok` checks it): each thread holds
     the whole first axis of offs, its N entries in order, and offs runs over consecutive entries along
-    it, 16-byte aligned at multiples of 4. Only each group's first address is used. Declared pure, so that
-    copies Triton makes in layouts it then does not use are dropped: the address depends on what the
-    caller's loop reads (the unit), which keeps the load after the barrier that precedes the loop."""
+    it, 16-byte aligned at multiples of 4. Only each group's first address is used. PURE (tables the
+    loop does not write): the load is declared pure, so that copies Triton makes in layouts it then
+    does not use are dropped; the address depends on what the caller's loop reads (the unit), which
+    keeps the load after the barrier that precedes the loop. Memory the kernel writes in the same loop
+    (the accumulators) is read with PURE False, ordered with the asm that writes it."""
     if PTX:
         out = tl.inline_asm_elementwise(_LOAD4, "=r,=r,=r,=r,l,l,l,l", [_quads(row, offs)], dtype=tl.int32,
-                                        is_pure=True, pack=4)
+                                        is_pure=PURE, pack=4)
         return out.to(tl.float32, bitcast=True)
     else:
         return tl.load(row + offs)

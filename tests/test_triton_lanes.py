@@ -71,7 +71,9 @@ def run_warp(asm: str, operands: list[list], memory: dict[int, f32]) -> None:
                 r[dst] = v[0] if r[src[2]] else v[1]
             elif op == "add.f32":
                 r[dst] = f32(f32(v[0]) + f32(v[1]))
-            elif op == "fma.rn.f32":     # exact product, one rounding: float64 holds a float32 product exactly
+            elif op == "fma.rn.f32":
+                # In float64 and then to float32: the product of two float32 is exact in float64, and the
+                # test's sums (alpha = 0.375, values below 64) are too, so this is fma's single rounding.
                 r[dst] = f32(np.float64(f32(v[0])) * np.float64(f32(v[1])) + np.float64(f32(v[2])))
             elif op == "and.b32":
                 r[dst] = v[0] & v[1]
@@ -106,7 +108,10 @@ def test_marginals_ptx_sums_on_an_emulated_warp(rows, cols):
         ops += [e[lane, i, j] for i in range(rows) for j in range(cols)]
         ops += [q_lo[i] for i in range(rows) for j in range(cols)]
         ops += [q_hi[lane, j] for i in range(rows) for j in range(cols)]
-        ops += [row_at] * n + [col_at + 4 * cols * lane] * n
+        # as `_stage` passes them: the first row's address in row 0's elements, the first column's in
+        # column 0's, 0 elsewhere (the PTX must read element 0's)
+        ops += [row_at if i == 0 else 0 for i in range(rows) for j in range(cols)]
+        ops += [col_at + 4 * cols * lane if j == 0 else 0 for i in range(rows) for j in range(cols)]
         ops += [old[lane, j] for i in range(rows) for j in range(cols)] + [alpha] * n
         operands.append(ops)
     memory: dict[int, f32] = {}
@@ -137,22 +142,27 @@ def test_marginals_ptx_refuses_blocks_it_cannot_sum():
             marginals_ptx(rows, cols)
 
 
-_TTGIR = """#blocked = #ttg.blocked<{sizePerThread = [1, 1, 1, 1], threadsPerWarp = [THREADS], warpsPerCTA = [1, 1, 4, 1], order = [ORDER]}>
+_TTGIR = """#blocked = #ttg.blocked<{sizePerThread = [1, 1, 1, 1], threadsPerWarp = [THREADS], warpsPerCTA = [WARPS], order = [ORDER]}>
 %1 = tt.elementwise_inline_asm "ld.global.v4.b32 {$0, $1, $2, $3}, [$4];" {constraints = "=r,=r,=r,=r,l,l,l,l", packed_element = 4 : i32, pure = true} %0 : tensor<8x4xi64, #ttg.slice<{dim = 1, parent = #ttg.slice<{dim = 3, parent = #blocked}>}>> -> tensor<8x4xi32, #ttg.slice<{dim = 1, parent = #ttg.slice<{dim = 3, parent = #blocked}>}>>
 %2 = tt.elementwise_inline_asm "{\\0A.reg .pred on;\\0Ashfl.sync.bfly.b32 got, x, 16, 0x1f, 0xffffffff;\\0Ast.global.f32 [at], x;\\0A}" {constraints = "=r", packed_element = 32 : i32, pure = false} %e : tensor<8x4x4x32xi32, #blocked>, tensor<8x4x4x32xi32, #blocked> -> tensor<8x4x4x32xi32, #blocked>
 """  # noqa: E501
 
 
-@pytest.mark.parametrize("threads, order, ok", [
-    ("1, 1, 1, 32", "3, 2, 1, 0", True),       # the kernel's layout
-    ("1, 1, 1, 32", "3, 2, 0, 1", False),      # a thread's block in column-major registers
-    ("1, 1, 2, 16", "3, 2, 1, 0", False),      # lanes split between the warp and the last axis
-    ("1, 2, 1, 16", "3, 2, 1, 0", False),      # mid codes split over lanes: not a thread's own block
+def _ttgir(threads: str, warps: str, order: str) -> str:
+    return _TTGIR.replace("THREADS", threads).replace("WARPS", warps).replace("ORDER", order)
+
+
+@pytest.mark.parametrize("threads, warps, order, ok", [
+    ("1, 1, 1, 32", "1, 1, 4, 1", "3, 2, 1, 0", True),       # the kernel's layout
+    ("1, 1, 1, 32", "1, 1, 4, 1", "3, 2, 0, 1", False),      # a thread's block in column-major registers
+    ("1, 1, 2, 16", "1, 1, 4, 1", "3, 2, 1, 0", False),      # half the last axis's entries in no thread
+    ("1, 1, 2, 16", "1, 1, 2, 2", "3, 2, 1, 0", False),      # every entry once, the last axis over 2 warps
+    ("1, 2, 1, 16", "1, 1, 4, 1", "3, 2, 1, 0", False),      # mid codes split over lanes: not a thread's block
 ])
-def test_quads_ok_reads_the_layouts(threads, order, ok):
-    assert quads_ok(_TTGIR.replace("THREADS", threads).replace("ORDER", order)) is ok
+def test_quads_ok_reads_the_layouts(threads, warps, order, ok):
+    assert quads_ok(_ttgir(threads, warps, order)) is ok
 
 
 def test_quads_ok_wants_an_access():
-    assert quads_ok(_TTGIR.replace("THREADS", "1, 1, 1, 32").replace("ORDER", "3, 2, 1, 0")
-                    .replace("ld.global", "add.f32").replace("st.global", "add.f32")) is False
+    assert quads_ok(_ttgir("1, 1, 1, 32", "1, 1, 4, 1", "3, 2, 1, 0").replace("ld.global", "add.f32")
+                    .replace("st.global", "add.f32")) is False
