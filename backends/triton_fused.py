@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import torch
 
-from backends.triton_lanes import marginals_ptx, quads_ok, rows_of, store_marginals
+from backends.triton_lanes import group_starts, marginals_ptx, quads_ok, rows_of, store_marginals
 from backends.triton_tables import RUNTIME_INTS, _build_tables, _edge, _fold_r, _tile_top
 from harness.triton_helpers import INTERPRET, jit, tl
 
@@ -165,10 +165,7 @@ def _stage(e, q_lo, q_hi, lo_row, mid_row, mid_old, alpha, first, AP: tl.constex
     lo = _lo_codes(AP, LT)                                                                       # [AP, LT]
     mid_offs = _mid_offs(BQ, LT, MT)
     if PTX:
-        # Only the thread's first row's and first column's addresses are used; the compiler knows the low
-        # bits of the others' offsets and folds them to 0.
-        lo_at = tl.where(lo % AP == 0, (lo_row + lo).to(tl.int64, bitcast=True), 0)
-        mid_at = tl.where(mid_offs % BQ == 0, (mid_row + mid_offs).to(tl.int64, bitcast=True), 0)
+        lo_at, mid_at = group_starts(lo_row, lo, AP), group_starts(mid_row, mid_offs, BQ)   # first row, column
         store_marginals(e, q_lo, q_hi, lo_at[:, None, :, None], mid_at[None, :, :, :],
                         mid_old[None, :, :, :], alpha, MARGINALS, MARGINALS_IO, AP * BQ)
     else:
@@ -203,7 +200,7 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
     """For each work item (row, chunk): (m, s, D [H, n]) over the chunk's tiles, written at item.
 
     Scratch slot (`scratch_floats`): Qlo [H, BLOCK_LO] (per tile), then the item's tables (P_lo [H, BLOCK_LO],
-    Qhi [H, BLOCK_MID], R_mid [BLOCK_MID]: `_build_tables` with MID_SCALED) and the tile's P_top [H]
+    Qhi [H, BLOCK_MID], R_mid [BLOCK_MID]: `_build_tables` without ABS) and the tile's P_top [H]
     (`_tile_top`), padding to 16 bytes, a tile's lo marginals [H, BLOCK_LO], the warps' parts of G_mid
     [H, LT, BLOCK_MID], G_lo [H, BLOCK_LO], and [LT, BLOCK_MID] of slack.
     """
@@ -228,8 +225,7 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
         w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
         d_item = d_ptr + tl.cast(item, tl.int64) * H * n_bits
         tl.debug_barrier()
-        _build_tables(w_row, r_row, tables, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS, False,
-                      True)
+        _build_tables(w_row, r_row, tables, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS, False)
         if PTX:     # G_mid's parts start at 0 (the first tile's alpha is 0, and 0 x poison could be NaN)
             for h in range(0, H):
                 tl.store(acc_mid + h * LT * BLOCK_MID + mid_offs, tl.zeros([BQ, LT, MT], tl.float32))

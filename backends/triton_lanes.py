@@ -21,6 +21,7 @@ inline PTX runs neither under TRITON_INTERPRET=1 nor on ROCm.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 
@@ -32,6 +33,7 @@ def _asm(text: str):
     return text if tl is None else tl.constexpr(text)
 
 
+@functools.cache     # built on every launch's path (`ptx_constants`): once per block shape
 def marginals_ptx(rows: int, cols: int) -> tuple[str, str]:
     """PTX, and its operand constraints, that stages one hidden unit's marginals of a thread's rows x cols
     block of A = e 1[qlo > qhi] (`store_marginals`): the row sums summed over the warp's 32 lanes, the
@@ -100,11 +102,13 @@ def store_marginals(e, q_lo, q_hi, row_at, col_at, col_old, alpha, ASM: tl.const
 
 _LOAD4 = _asm("ld.global.v4.b32 {$0, $1, $2, $3}, [$4];")
 
+
 @jit
-def _quads(row, offs):
-    """Addresses of row[offs] where offs is a multiple of 4, else 0: the compiler knows the low bits of the
-    other entries' offsets and folds their addresses away (`rows_of`)."""
-    return tl.where(offs % 4 == 0, (row + offs).to(tl.int64, bitcast=True), 0)
+def group_starts(row, offs, GROUP: tl.constexpr):
+    """Addresses of row[offs] where offs is a multiple of GROUP, else 0: for PTX that reads only each group's
+    first address (`rows_of`, `store_marginals`); the compiler knows the low bits of the other entries'
+    offsets and folds their addresses away."""
+    return tl.where(offs % GROUP == 0, (row + offs).to(tl.int64, bitcast=True), 0)
 
 
 @jit
@@ -119,7 +123,7 @@ def rows_of(row, offs, PTX: tl.constexpr, PURE: tl.constexpr = True):
     keeps the load after the barrier that precedes the loop. Memory the kernel writes in the same loop
     (the accumulators) is read with PURE False, ordered with the asm that writes it."""
     if PTX:
-        out = tl.inline_asm_elementwise(_LOAD4, "=r,=r,=r,=r,l,l,l,l", [_quads(row, offs)], dtype=tl.int32,
+        out = tl.inline_asm_elementwise(_LOAD4, "=r,=r,=r,=r,l,l,l,l", [group_starts(row, offs, 4)], dtype=tl.int32,
                                         is_pure=PURE, pack=4)
         return out.to(tl.float32, bitcast=True)
     else:

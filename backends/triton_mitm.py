@@ -74,7 +74,7 @@ def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, slot,
         row = tl.cast(item // chunks, tl.int64)
         w_row, r_row = w_ptr + row * H * n_bits, r_ptr + row * H
         tl.debug_barrier()  # the previous item's readers are done with the tables
-        _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS, True, False)
+        _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB, BLOCK_LO, BLOCK_MID, MID_A_BITS, True)
         max_form = _abs_risky(w_row, r_row, H, n_bits, HB)
         m_col = tl.full([BLOCK_MID], -float("inf"), tl.float32)
         s_col = tl.zeros([BLOCK_MID], tl.float32)
@@ -84,7 +84,7 @@ def _forward_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, slot,
                               True)
             edge = _edge(tile, tile_bits, k_start, k_stop, padded)
             l = _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge, max_form,
-                             BLOCK_LO, BLOCK_MID, True)
+                             BLOCK_LO, BLOCK_MID)
             m_new = tl.maximum(m_col, tl.max(l, axis=0))
             # A column that has seen only -inf keeps m = -inf and takes its scale as 0: 2^(m - m') would be NaN.
             m_scale = tl.where(m_new == -float("inf"), 0.0, m_new)

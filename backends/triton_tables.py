@@ -2,7 +2,8 @@
 
 Scratch layout of a program's slot, in floats: Qlo [H, BLOCK_LO], P_mid [H, BLOCK_MID], R_mid
 [BLOCK_MID], P_top [H], and R_lo [BLOCK_LO] for the abs form (ABS, the forward kernel), whose
-tables hold half of the max form's (c, R_mid and R_top halved). Qlo comes first and slots are
+tables hold half of the max form's (c, R_mid and R_top halved); the fused kernel's (triton_fused.py)
+start with P_lo and hold Qhi = -c P_mid. Qlo comes first and slots are
 rounded to 4 floats, so its rows (BLOCK_LO even) can be read as aligned int64 pairs (`_lo_pairs`).
 """
 
@@ -56,10 +57,10 @@ def _abs_risky(w_row, r_row, H, n_bits, HB: tl.constexpr):
 
 @jit
 def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexpr, BLOCK_LO: tl.constexpr,
-                  BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr, ABS: tl.constexpr, MID_SCALED: tl.constexpr):
-    """Write Qlo [H, BLOCK_LO], P_mid [H, BLOCK_MID], R_mid [BLOCK_MID] and (ABS) R_lo [BLOCK_LO] of one
-    row to scratch, HB hidden units at a time. MID_SCALED (the fused kernel, triton_fused.py): P_lo and
-    Qhi = -c P_mid instead of Qlo and P_mid."""
+                  BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr, ABS: tl.constexpr):
+    """Write one row's tables to scratch, HB hidden units at a time: with ABS (the forward kernel) Qlo
+    [H, BLOCK_LO], P_mid [H, BLOCK_MID], R_mid [BLOCK_MID] and R_lo [BLOCK_LO]; without (the fused
+    kernel, triton_fused.py, which moves P_top to the lo side) P_lo, Qhi = -c P_mid and R_mid."""
     offs_lo = tl.arange(0, BLOCK_LO)
     offs_a = tl.arange(0, 1 << MID_A_BITS)
     offs_b = tl.arange(0, BLOCK_MID >> MID_A_BITS)
@@ -76,7 +77,7 @@ def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexp
         for j in range(n_lo):
             bit = tl.where((offs_lo >> j) & 1 == 1, 1.0, -1.0)
             p_lo += tl.load(w_row + offs_h * n_bits + j, mask=h_ok, other=0.0)[:, None] * bit[None, :]
-        tl.store(scratch + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], p_lo if MID_SCALED else c[:, None] * p_lo,
+        tl.store(scratch + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], c[:, None] * p_lo if ABS else p_lo,
                  mask=h_ok[:, None])
         if ABS:
             r_lo += tl.sum(r[:, None] * p_lo, axis=0)
@@ -91,7 +92,7 @@ def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexp
             p_b += w[:, None] * tl.where((offs_b >> (j - MID_A_BITS)) & 1 == 1, 1.0, -1.0)[None, :]
         p_mid = p_b[:, :, None] + p_a[:, None, :]                                 # [HB, MID_B, MID_A]
         tl.store(mid_table + offs_h[:, None, None] * BLOCK_MID + offs_q[None, :, :],
-                 -c[:, None, None] * p_mid if MID_SCALED else p_mid, mask=h_ok[:, None, None])
+                 p_mid if ABS else -c[:, None, None] * p_mid, mask=h_ok[:, None, None])
         r_mid += tl.sum(r[:, None, None] * p_mid, axis=0)
     tl.store(mid_table + H * BLOCK_MID + offs_q, r_mid * (_scale(ABS) * 1.4426950408889634))
     if ABS:
@@ -118,18 +119,17 @@ def _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB: tl
 
 
 @jit
-def _unit_hi(r_row, scratch, h, H, offs_mid, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, ABS: tl.constexpr):
-    """(Qhi [BLOCK_MID], s) of hidden unit h of the current tile."""
-    c, sgn = _fold_r(tl.load(r_row + h), ABS)
+def _unit_hi(r_row, scratch, h, H, offs_mid, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
+    """(Qhi [BLOCK_MID], s) of hidden unit h of the current tile (the forward's halved tables)."""
+    c, sgn = _fold_r(tl.load(r_row + h), True)
     p_top = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID) + BLOCK_MID + h)
     return -c * (tl.load(scratch + H * BLOCK_LO + h * BLOCK_MID + offs_mid) + p_top), sgn
 
 
 @jit
-def _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr,
-                 ABS: tl.constexpr):
+def _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
     """(Qlo [BLOCK_LO], Qhi [BLOCK_MID], s) of hidden unit h of the current tile."""
-    q_hi, sgn = _unit_hi(r_row, scratch, h, H, offs_mid, BLOCK_LO, BLOCK_MID, ABS)
+    q_hi, sgn = _unit_hi(r_row, scratch, h, H, offs_mid, BLOCK_LO, BLOCK_MID)
     return tl.load(scratch + h * BLOCK_LO + offs_lo), q_hi, sgn
 
 
@@ -160,30 +160,30 @@ def _join_rows(even, odd, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
 
 @jit
 def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, edge, max_form,
-                 BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr, ABS: tl.constexpr):
-    """l [BLOCK_LO, BLOCK_MID] of `tile` in base 2. On an edge tile (one with a code outside
-    [k_start, k_stop) or past 2^n in padded tables) those codes are -inf.
+                 BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
+    """l [BLOCK_LO, BLOCK_MID] of `tile` in base 2, for the forward kernel. On an edge tile (one with a
+    code outside [k_start, k_stop) or past 2^n in padded tables) those codes are -inf.
 
-    ABS (the forward kernel): r relu(z) = r z / 2 + s |r| |z| / 2. Its tables hold half the module
+    The abs form: r relu(z) = r z / 2 + s |r| |z| / 2. Its tables hold half the module
     docstring's (c, R_mid and R_top halved) and R_lo; the linear half is R_lo + R_mid + R_top, and
     |Qlo - Qhi| = |r| |z| log2 e / 2 is added or subtracted by the sign of r (a branch the whole
     program takes), so a triple is two adds on the FMA pipe instead of a max on the half-rate ALU
     pipe and a multiply-add: 1-4% faster on the H100. Its infinities do not cancel, though: where z
     overflows to -inf the linear half and |z| are -+inf and their sum is NaN, not 0. A row whose
     tables could overflow (`max_form`, from `_abs_risky`) takes the max form on the halved tables,
-    doubled at the end (exact). The fused kernel always takes the max form: there the shared
-    halved tables measured 5% slower."""
+    doubled at the end (exact). The fused kernel (triton_fused.py) has logits of its own, in the max
+    form: there the shared halved tables measured 5% slower."""
     offs_lo = tl.arange(0, BLOCK_LO)
     offs_mid = tl.arange(0, BLOCK_MID)
     r_mid = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID) + offs_mid)
     acc = tl.zeros([BLOCK_LO, BLOCK_MID], dtype=tl.float32) + (r_mid[None, :] + r_top)
-    if ABS and max_form == 0:
+    if max_form == 0:
         r_lo = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID + 1) + BLOCK_MID + offs_lo)
         acc += r_lo[:, None]
         acc_even, acc_odd = _split_rows(acc, BLOCK_LO, BLOCK_MID)
         for h in range(0, H):
             q_even, q_odd = _lo_pairs(scratch, h, BLOCK_LO)
-            q_hi, sgn = _unit_hi(r_row, scratch, h, H, offs_mid, BLOCK_LO, BLOCK_MID, ABS)
+            q_hi, sgn = _unit_hi(r_row, scratch, h, H, offs_mid, BLOCK_LO, BLOCK_MID)
             if sgn > 0:
                 acc_even += tl.abs(q_even[:, None] - q_hi[None, :])
                 acc_odd += tl.abs(q_odd[:, None] - q_hi[None, :])
@@ -193,10 +193,9 @@ def _tile_logits(r_row, scratch, tile, r_top, H, n_lo, n_mid, k_start, k_stop, e
         acc = _join_rows(acc_even, acc_odd, BLOCK_LO, BLOCK_MID)
     else:
         for h in range(0, H):
-            q_lo, q_hi, sgn = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID, ABS)
+            q_lo, q_hi, sgn = _hidden_unit(r_row, scratch, h, H, offs_lo, offs_mid, BLOCK_LO, BLOCK_MID)
             acc += sgn * tl.maximum(q_lo[:, None], q_hi[None, :])
-        if ABS:
-            acc = 2.0 * acc
+        acc = 2.0 * acc
     if edge:
         codes = (tl.cast(tile, tl.int64) << (n_lo + n_mid)) + (offs_mid[None, :].to(tl.int64) << n_lo) \
             + offs_lo[:, None]
