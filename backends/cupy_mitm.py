@@ -55,8 +55,7 @@ MAX_HIDDEN = 64        # lo_per_thread's register arrays; tiles' shared memory a
 # Tile geometry of cupy_tiles.cu: 8 threads x AP lo codes, 16 threads x 8 mid codes (Q = 128).
 TILE_Q, TILE_QA, TILE_QB, TILE_TP, TILE_TQ, TILE_CSTRIDE = 128, 32, 4, 8, 16, 132
 
-SOURCES = {name: (pathlib.Path(__file__).with_name(f"{name}.cu")).read_text()
-           for name in ("cupy_mitm", "cupy_tiles", "cupy_mma")}
+SOURCES = {name: (pathlib.Path(__file__).with_name(f"{name}.cu")).read_text() for name in ("cupy_mitm", "cupy_tiles")}
 # The headers they include, handed to NVRTC by name (as bytes, which CuPy's binding passes on as char*).
 HEADERS = {name: pathlib.Path(__file__).with_name(name).read_text() for name in ("cupy_tiles.cuh",)}
 
@@ -114,13 +113,6 @@ def _tiles_shared_bytes(hidden: int, fused: bool, block_lo: int) -> int:
     return 4 * floats
 
 
-def _mma_shared_bytes(hidden: int) -> int:
-    """cupy_mma.cu's mma_floats (block_lo 8: 64 lo codes, 2 units per staged group), in bytes."""
-    padded = 2 * math.ceil(hidden / 2)
-    table = padded * (64 + TILE_Q + TILE_QA + TILE_QB + 4) + TILE_Q + 8
-    return 4 * (table + hidden * (288 + 32 + 20) + 64)
-
-
 @functools.cache
 def _device_facts(index: int) -> tuple[str, int]:
     props = torch.cuda.get_device_properties(index)
@@ -141,18 +133,12 @@ def partial_state(
     min_blocks: int = 6,
     fused_min_blocks: int = 3,
     tile_min_blocks: int = 0,
-    mma: bool = False,
 ) -> None:
     # tile_min_blocks: the tiles forward's registers capped so that this many blocks fit per SM (0: the
     # compiler's choice, 94 registers and 5 blocks at block_lo = 4). A cap of 6 was 2-5% faster for the
     # max form; with the abs form, uncapped is faster (PERFORMANCE.md).
-    # mma: the fused kernel's gradient sums on tensor cores (cupy_mma.cu), whose tiles are 64 lo codes.
-    if mma and not tiles:
-        raise ValueError("mma is an option of the tiles kernels; lo_per_thread (tiles=False) has no tensor-core path")
-    if mma and fused_block_lo not in (None, 8):
-        raise ValueError(f"mma needs fused_block_lo = 8 (four warps of 16 lo codes), got {fused_block_lo}")
     if fused_block_lo is None:   # 8 x 8 blocks pay once the 128 mid codes of a tile are all real (n >= 13)
-        fused_block_lo = 8 if W.shape[2] >= 13 or mma else 4
+        fused_block_lo = 8 if W.shape[2] >= 13 else 4
     if tiles and {block_lo, fused_block_lo} - {4, 8}:
         raise ValueError(f"block_lo and fused_block_lo must be 4 or 8, got {block_lo} and {fused_block_lo}")
     if not (isinstance(tile_min_blocks, int) and 0 <= tile_min_blocks <= 16):
@@ -199,17 +185,12 @@ def partial_state(
         if tiles:
             tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int32(n_mid), np.int64(k_start),
                     np.int64(k_stop), np.int64(first), np.int64(last), np.int32(chunks), np.int64(per_chunk))
+            shared = _tiles_shared_bytes(hidden, fused, block_lo)
+            name = "sick_bide_tiles_fused" if fused else "sick_bide_tiles_forward"
             options = ("-std=c++17", f"-arch={arch}", f"-DAP={block_lo}",   # the register cap is the forward's only
                        f"-DFORWARD_MIN_BLOCKS={0 if fused else tile_min_blocks}")
             # One attribute per loaded kernel: allowed the largest H's shared memory, not each call's.
-            if fused and mma:
-                shared = _mma_shared_bytes(hidden)
-                kernel = _function("cupy_mma", "sick_bide_mma_fused", options, device, _mma_shared_bytes(MAX_HIDDEN))
-            else:
-                shared = _tiles_shared_bytes(hidden, fused, block_lo)
-                name = "sick_bide_tiles_fused" if fused else "sick_bide_tiles_forward"
-                kernel = _function("cupy_tiles", name, options, device,
-                                   _tiles_shared_bytes(MAX_HIDDEN, fused, block_lo))
+            kernel = _function("cupy_tiles", name, options, device, _tiles_shared_bytes(MAX_HIDDEN, fused, block_lo))
             kernel((batch * chunks,), (THREADS,), (*views, *tail), shared_mem=shared)
         else:
             tail = (np.int32(hidden), np.int32(n_bits), np.int32(n_lo), np.int64(k_start), np.int64(k_stop),
