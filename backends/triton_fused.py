@@ -1,14 +1,15 @@
 """Triton: the SICK-BIDE state with all its gradient sums in one pass (the `triton` backend's fused kernel).
 
 The tables are triton_mitm.py's with P_top moved to the lo side, so that the only per-tile table is
-the small one (c_h = |r_h| log2 e, or log2 e where r_h = 0; s_h = sign r_h):
+the small one, and without r folded in (the forward's abs form needs it there; the max form's r is
+the multiplier of the multiply-add it needs anyway):
 
-    Qlo[h, p] = c_h (P_lo[h, p] + P_top[h, t])      per tile, [H, BLOCK_LO]
-    Qhi[h, q] = -c_h P_mid[h, q]                     per work item, [H, BLOCK_MID]
-    l[p, q]   = sum_h s_h max(Qlo[h, p], Qhi[h, q]) + R_mid[q]             (base 2)
+    Qlo[h, p] = P_lo[h, p] + P_top[h, t]             per tile, [H, BLOCK_LO]
+    Qhi[h, q] = -P_mid[h, q]                         per work item, [H, BLOCK_MID]
+    l[p, q]   = sum_h r_h log2 e max(Qlo[h, p], Qhi[h, q]) + R_mid[q]      (base 2)
 
-since r relu(a + b) = s max(c a, -c b) + r b with b = P_mid, R_mid[q] = sum_h r_h P_mid[h, q] log2 e.
-1[z > 0] = 1[Qlo > Qhi] (c > 0 keeps the sign of z, and ties stay ties). Online softmax per tile,
+since r relu(a + b) = r max(a, -b) + r b with b = P_mid, R_mid[q] = sum_h r_h P_mid[h, q] log2 e.
+1[z > 0] = 1[Qlo > Qhi] (exact ties stay ties). Online softmax per tile,
 m' = max(m, max l), alpha = 2^(m - m'), e = 2^(l - m'), and then, per hidden unit, the marginals of
 A[h, p, q] = e[p, q] 1[Qlo[h, p] > Qhi[h, q]]:
 
@@ -48,7 +49,7 @@ from __future__ import annotations
 import torch
 
 from backends.triton_lanes import group_starts, marginals_ptx, quads_ok, rows_of, store_marginals
-from backends.triton_tables import RUNTIME_INTS, _build_tables, _edge, _fold_r, _tile_top
+from backends.triton_tables import RUNTIME_INTS, _build_tables, _edge, _tile_top
 from harness.triton_helpers import INTERPRET, jit, tl
 
 
@@ -90,17 +91,15 @@ def _fold(acc_ptr, d_ptr, h0, H, n_bits, col0, n_cols, K, HB: tl.constexpr, KB: 
 
 
 @jit
-def _tile_qlo(r_row, qlo, tables, H, HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
-    """Qlo [H, BLOCK_LO] of the current tile: c (P_lo + P_top), from the item's P_lo and the tile's P_top."""
+def _tile_qlo(qlo, tables, H, HB: tl.constexpr, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
+    """Qlo [H, BLOCK_LO] of the current tile: P_lo + P_top, from the item's P_lo and the tile's P_top."""
     offs_lo = tl.arange(0, BLOCK_LO)
     for h0 in range(0, H, HB):
         offs_h = h0 + tl.arange(0, HB)
         h_ok = offs_h < H
-        c, _ = _fold_r(tl.load(r_row + offs_h, mask=h_ok, other=0.0), False)
         p_top = tl.load(tables + H * (BLOCK_LO + BLOCK_MID) + BLOCK_MID + offs_h, mask=h_ok, other=0.0)
         p_lo = tl.load(tables + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], mask=h_ok[:, None], other=0.0)
-        tl.store(qlo + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], c[:, None] * (p_lo + p_top[:, None]),
-                 mask=h_ok[:, None])
+        tl.store(qlo + offs_h[:, None] * BLOCK_LO + offs_lo[None, :], p_lo + p_top[:, None], mask=h_ok[:, None])
     tl.debug_barrier()
 
 
@@ -124,14 +123,17 @@ def _block_logits(r_row, qlo, qhi, r_mid, tile, H, n_lo, n_mid, k_start, k_stop,
     """l [AP, BQ, LT, MT] of `tile` in base 2; on an edge tile the codes outside [k_start, k_stop) or past
     2^n in padded tables are -inf."""
     acc = tl.zeros([AP, BQ, LT, MT], dtype=tl.float32) + r_mid[None, :, None, :]
-    q_lo, q_hi = _unit(qlo, qhi, _first_unit(tile), lo, mid, AP * LT, BQ * MT, PTX)
-    for h in range(0, H):
-        _, sgn = _fold_r(tl.load(r_row + h), False)
-        # The next unit's entries are read before this unit's are used, to cover the load latency (at h = H - 1
-        # they are entries of the tables that follow, in the slot, and unused).
-        q_lo_next, q_hi_next = _unit(qlo, qhi, h + 1, lo, mid, AP * LT, BQ * MT, PTX)
-        acc += sgn * tl.maximum(q_lo[:, None, :, None], q_hi[None, :, None, :])
-        q_lo, q_hi = q_lo_next, q_hi_next
+    # Units in pairs, both read at the pair's start: the second's loads are covered by the first's sum, and
+    # nothing is carried from one pair to the next (a loop-carried copy of the next unit's entries, read a
+    # unit ahead, cost 12 moves per unit). Unit H (odd H) reads the tables that follow in the slot, P_lo's
+    # and R_mid's entries, finite, and counts 0 times (its r reads as 0).
+    for h in range(_first_unit(tile), H, 2):
+        a_lo, a_hi = _unit(qlo, qhi, h, lo, mid, AP * LT, BQ * MT, PTX)
+        b_lo, b_hi = _unit(qlo, qhi, h + 1, lo, mid, AP * LT, BQ * MT, PTX)
+        r_a = tl.load(r_row + h) * 1.4426950408889634
+        r_b = tl.load(r_row + h + 1, mask=h + 1 < H, other=0.0) * 1.4426950408889634
+        acc += r_a * tl.maximum(a_lo[:, None, :, None], a_hi[None, :, None, :])
+        acc += r_b * tl.maximum(b_lo[:, None, :, None], b_hi[None, :, None, :])
     if edge:
         lo4, mid4 = lo[:, None, :, None], mid[None, :, None, :]
         codes = (tl.cast(tile, tl.int64) << (n_lo + n_mid)) + (mid4.to(tl.int64) << n_lo) + lo4
@@ -237,7 +239,7 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
         t1 = tl.minimum(t0 + tiles_per_chunk, last_tile + 1)
         for tile in range(t0, t1):
             _tile_top(w_row, r_row, tables, tile, H, n_bits, n_lo, n_mid, n_top, HB, BLOCK_LO, BLOCK_MID, False)
-            _tile_qlo(r_row, qlo, tables, H, HB, BLOCK_LO, BLOCK_MID)
+            _tile_qlo(qlo, tables, H, HB, BLOCK_LO, BLOCK_MID)
             edge = _edge(tile, tile_bits, k_start, k_stop, padded)
             l = _block_logits(r_row, qlo, qhi, r_mid, tile, H, n_lo, n_mid, k_start, k_stop, edge, lo, mid,
                               AP, BQ, LT, MT, PTX)

@@ -3,7 +3,7 @@
 Scratch layout of a program's slot, in floats: Qlo [H, BLOCK_LO], P_mid [H, BLOCK_MID], R_mid
 [BLOCK_MID], P_top [H], and R_lo [BLOCK_LO] for the abs form (ABS, the forward kernel), whose
 tables hold half of the max form's (c, R_mid and R_top halved); the fused kernel's (triton_fused.py)
-start with P_lo and hold Qhi = -c P_mid. Qlo comes first and slots are
+start with P_lo and hold Qhi = -P_mid (no r). Qlo comes first and slots are
 rounded to 4 floats, so its rows (BLOCK_LO even) can be read as aligned int64 pairs (`_lo_pairs`).
 """
 
@@ -60,7 +60,8 @@ def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexp
                   BLOCK_MID: tl.constexpr, MID_A_BITS: tl.constexpr, ABS: tl.constexpr):
     """Write one row's tables to scratch, HB hidden units at a time: with ABS (the forward kernel) Qlo
     [H, BLOCK_LO], P_mid [H, BLOCK_MID], R_mid [BLOCK_MID] and R_lo [BLOCK_LO]; without (the fused
-    kernel, triton_fused.py, which moves P_top to the lo side) P_lo, Qhi = -c P_mid and R_mid."""
+    kernel, triton_fused.py, which moves P_top to the lo side and keeps r out of the tables) P_lo,
+    Qhi = -P_mid and R_mid."""
     offs_lo = tl.arange(0, BLOCK_LO)
     offs_a = tl.arange(0, 1 << MID_A_BITS)
     offs_b = tl.arange(0, BLOCK_MID >> MID_A_BITS)
@@ -92,7 +93,7 @@ def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexp
             p_b += w[:, None] * tl.where((offs_b >> (j - MID_A_BITS)) & 1 == 1, 1.0, -1.0)[None, :]
         p_mid = p_b[:, :, None] + p_a[:, None, :]                                 # [HB, MID_B, MID_A]
         tl.store(mid_table + offs_h[:, None, None] * BLOCK_MID + offs_q[None, :, :],
-                 p_mid if ABS else -c[:, None, None] * p_mid, mask=h_ok[:, None, None])
+                 p_mid if ABS else -p_mid, mask=h_ok[:, None, None])
         r_mid += tl.sum(r[:, None, None] * p_mid, axis=0)
     tl.store(mid_table + H * BLOCK_MID + offs_q, r_mid * (_scale(ABS) * 1.4426950408889634))
     if ABS:
