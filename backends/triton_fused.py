@@ -35,7 +35,7 @@ each unit's marginals to a layout of its choosing before storing them. These rel
 path where it does not hold, as it does for the tiles `ptx_possible` refuses (a thread's lo or mid
 codes not a multiple of 4, more than 32 lo codes a thread, fewer than 32 mid codes or fewer lo codes
 than warps) and under the interpreter. Cost per triple at the default 32 x 128 tile (Nsight Compute,
-PERFORMANCE.md): 9.7 instructions, the marginals 5.3, the logits 3.2 and the per-tile fold 0.3, at
+PERFORMANCE.md): 9.0 instructions, the marginals 5.25, the logits 2.6 and per-tile work 1.0, at
 2 programs of 4 warps per SM (255 registers), stalled mostly on fixed-latency dependencies. The
 per-warp accumulators take H x 2 KiB per program at 32 x 128, so from H = 48 two programs' scratch
 is more than an SM's 256 KiB of L1 and shared memory; at H = 64, B = 4096 one program per SM is
