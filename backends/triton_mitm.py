@@ -15,9 +15,11 @@ with R_mid[q] = sum_h r_h P_mid[h, q] and R_top = sum_h r_h P_top[h, t]: one max
 multiply-add per (row, code, hidden) triple, the hidden sum inside each thread. The forward
 kernel sums relu(z) = (z + |z|) / 2 instead: two adds per triple, both on the FMA pipe, 1-4%
 faster on the H100 (`_tile_logits`; the tables and the tile's logits are in triton_tables.py);
-the fused kernel keeps the form above. The mask of the gradient sums is the same comparison,
-1[z > 0] = 1[Qlo > Qhi]: c > 0 keeps the sign of z, and ties stay exact (c P and c (-P) round
-alike). Logits are kept in base 2 (c and r carry log2 e) so each exponential is one ex2.
+the fused kernel keeps the max form without c in its tables, l = sum_h r_h max(P_lo + P_top,
+-P_mid) + R_mid, r (times log2 e) being the multiply-add's multiplier. The mask of the gradient
+sums is the same comparison, 1[z > 0] = 1[Qlo > Qhi]: c > 0 keeps the sign of z, and ties stay
+exact (c P and c (-P) round alike). Logits are kept in base 2 (c and r carry log2 e) so each
+exponential is one ex2.
 Online softmax:
 
     m' = max(m, max l),   alpha = 2^(m - m'),   e = 2^(l - m'),   s = alpha s + sum e
@@ -33,7 +35,7 @@ works and small batches still fill the GPU.
 
 Cost per triple (Nsight Compute, PERFORMANCE.md): forward 2 adds plus ~0.3-0.5 of table loads (Qlo is
 a broadcast, which Triton loads one scalar at a time, so the forward reads it in int64 pairs) and ~0.3
-of loop control and exponentials; the fused pass ~10 (triton_fused.py).
+of loop control and exponentials; the fused pass ~9 (triton_fused.py).
 Limits: n_bits 1..32 (codes in int64), any H and B, log2_range <= 126 (harness/problems/sick_bide.py:
 the tables and their sums stay finite); float32, float16 and bfloat16 inputs, tables and
 accumulation in float32. CUDA, or the CPU under TRITON_INTERPRET=1.
@@ -231,6 +233,6 @@ BACKENDS = [
         configs={"default": {}, "autotune": {AUTOTUNE: TUNING}, "brute": {"design": "brute"}},
         unavailable=unavailable,
         priority=10,
-        summary="Triton, one fused pass: 3-way meet-in-the-middle tables, r folded in, online softmax",
+        summary="Triton, one fused pass: 3-way meet-in-the-middle tables, online softmax",
     )
 ]
