@@ -253,7 +253,7 @@ def _fused_kernel(w_ptr, r_ptr, scratch_ptr, m_ptr, s_ptr, d_ptr, slot,
             q_lo, q_hi = _unit(qlo, qhi, _first_unit(tile), lo, mid, BLOCK_LO, BLOCK_MID, PTX)
             mid_old = rows_of(acc_mid, mid_offs, PTX, False)
             for h in range(0, H):
-                # The next unit's tables and accumulators, as in the logits (at h = H - 1 the accumulators'
+                # The next unit's tables and accumulators, read a unit ahead (at h = H - 1 the accumulators'
                 # read is of what follows them in the slot, G_lo and slack, and unused).
                 q_lo_next, q_hi_next = _unit(qlo, qhi, h + 1, lo, mid, BLOCK_LO, BLOCK_MID, PTX)
                 mid_old_next = rows_of(acc_mid + (h + 1) * LT * BLOCK_MID, mid_offs, PTX, False)

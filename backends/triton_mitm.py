@@ -16,10 +16,9 @@ multiply-add per (row, code, hidden) triple, the hidden sum inside each thread. 
 kernel sums relu(z) = (z + |z|) / 2 instead: two adds per triple, both on the FMA pipe, 1-4%
 faster on the H100 (`_tile_logits`; the tables and the tile's logits are in triton_tables.py);
 the fused kernel keeps the max form without c in its tables, l = sum_h r_h max(P_lo + P_top,
--P_mid) + R_mid, r (times log2 e) being the multiply-add's multiplier. The mask of the gradient
-sums is the same comparison, 1[z > 0] = 1[Qlo > Qhi]: c > 0 keeps the sign of z, and ties stay
-exact (c P and c (-P) round alike). Logits are kept in base 2 (c and r carry log2 e) so each
-exponential is one ex2.
+-P_mid) + R_mid, r (times log2 e) being the multiply-add's multiplier. The mask of its gradient
+sums is the comparison 1[z > 0] = 1[P_lo + P_top > -P_mid] on those unscaled tables, where exact
+ties stay ties. Logits are kept in base 2 (c and r carry log2 e) so each exponential is one ex2.
 Online softmax:
 
     m' = max(m, max l),   alpha = 2^(m - m'),   e = 2^(l - m'),   s = alpha s + sum e

@@ -26,8 +26,8 @@ def _edge(tile, tile_bits, k_start, k_stop, padded):
 
 @jit
 def _fold_r(r, ABS: tl.constexpr):
-    """r -> (c log2 e, sign r): c = |r|, or 1 where r = 0 (the gradient mask needs c > 0); halved
-    for the abs form (`_tile_logits`)."""
+    """r -> (c log2 e, sign r): c = |r|, or 1 where r = 0 (its sign 0 drops the unit from the logits);
+    halved for the abs form (`_tile_logits`). The fused kernel's tables do not use c."""
     c = tl.where(r != 0, tl.abs(r), 1.0) * (_scale(ABS) * 1.4426950408889634)
     return c, tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, 0.0))
 
