@@ -25,10 +25,10 @@ def _edge(tile, tile_bits, k_start, k_stop, padded):
 
 
 @jit
-def _fold_r(r, ABS: tl.constexpr):
-    """r -> (c log2 e, sign r): c = |r|, or 1 where r = 0 (its sign 0 drops the unit from the logits);
-    halved for the abs form (`_tile_logits`). The fused kernel's tables do not use c."""
-    c = tl.where(r != 0, tl.abs(r), 1.0) * (_scale(ABS) * 1.4426950408889634)
+def _fold_r(r):
+    """r -> (c log2 e, sign r) of the forward's abs-form tables (`_tile_logits`): c = |r| / 2, or 1/2 where
+    r = 0 (its sign 0 drops the unit from the logits). The fused kernel's tables do not fold r in."""
+    c = tl.where(r != 0, tl.abs(r), 1.0) * (_scale(True) * 1.4426950408889634)
     return c, tl.where(r > 0, 1.0, tl.where(r < 0, -1.0, 0.0))
 
 
@@ -46,7 +46,7 @@ def _abs_risky(w_row, r_row, H, n_bits, HB: tl.constexpr):
     for h0 in range(0, H, HB):
         offs_h = h0 + tl.arange(0, HB)
         h_ok = offs_h < H
-        c, _ = _fold_r(tl.load(r_row + offs_h, mask=h_ok, other=0.0), True)
+        c, _ = _fold_r(tl.load(r_row + offs_h, mask=h_ok, other=0.0))
         norm = tl.zeros([HB], tl.float32)
         for j in range(n_bits):
             norm += tl.abs(tl.load(w_row + offs_h * n_bits + j, mask=h_ok, other=0.0))
@@ -73,7 +73,7 @@ def _build_tables(w_row, r_row, scratch, H, n_bits, n_lo, n_mid, HB: tl.constexp
         offs_h = h0 + tl.arange(0, HB)
         h_ok = offs_h < H
         r = tl.load(r_row + offs_h, mask=h_ok, other=0.0)
-        c, _ = _fold_r(r, ABS)
+        c, _ = _fold_r(r)                     # used by the abs form's tables only
         p_lo = tl.zeros([HB, BLOCK_LO], tl.float32)
         for j in range(n_lo):
             bit = tl.where((offs_lo >> j) & 1 == 1, 1.0, -1.0)
@@ -122,7 +122,7 @@ def _tile_top(w_row, r_row, scratch, tile, H, n_bits, n_lo, n_mid, n_top, HB: tl
 @jit
 def _unit_hi(r_row, scratch, h, H, offs_mid, BLOCK_LO: tl.constexpr, BLOCK_MID: tl.constexpr):
     """(Qhi [BLOCK_MID], s) of hidden unit h of the current tile (the forward's halved tables)."""
-    c, sgn = _fold_r(tl.load(r_row + h), True)
+    c, sgn = _fold_r(tl.load(r_row + h))
     p_top = tl.load(scratch + H * (BLOCK_LO + BLOCK_MID) + BLOCK_MID + h)
     return -c * (tl.load(scratch + H * BLOCK_LO + h * BLOCK_MID + offs_mid) + p_top), sgn
 
