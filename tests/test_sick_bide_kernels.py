@@ -143,14 +143,18 @@ def test_probe_reads_the_target_range_and_finiteness(dtype):
 
 
 def test_probe_splits_large_inputs_over_programs():
-    per_program = kernels.PROBE_PER_PROGRAM
-    W = torch.zeros(3, 1, per_program, device=DEVICE)      # three programs
+    """Past PROBE_ONE_PROGRAM elements, programs of PROBE_PER_PROGRAM each; every column combines by max."""
+    W = torch.zeros(3, 1, kernels.PROBE_ONE_PROGRAM // 2 + 1, device=DEVICE)
+    assert -(-W.numel() // kernels.PROBE_PER_PROGRAM) > 3      # more than 3 programs, targets over several
     r = torch.zeros(3, 1, device=DEVICE)
     targets = torch.arange(30, device=DEVICE).reshape(3, 10)
     targets[2, 9] = 2**50
     W[2, 0, -1] = -math.inf
     W[1, 0, 3], r[2, 0] = -7.0, 0.5
     assert kernels.probe(W, r, targets) == (0, 2**50, False, 7.0, 0.5)
+    targets[1, 4], W[2, 0, -1] = -(2**62), 3.0                 # the least target in a middle program; all finite
+    assert kernels.probe(W, r, targets) == (-(2**62), 2**50, True, 7.0, 0.5)
+    assert kernels.probe(W, r, None)[:3] == (2**63 - 1, -(2**63), True)   # no targets: min > max
 
 
 @pytest.fixture
