@@ -84,6 +84,20 @@ def test_unavailable_reasons():
     assert "has no config" in registry.unavailable_reason(chunked, "nope", "cpu")
 
 
+def test_an_interpreter_that_cannot_run_the_kernels_is_named():
+    """Triton < 3.7 under numpy >= 2.4 fails every kernel with a runtime loop bound (triton-lang/triton#9171):
+    the Triton backends must say so by version, not fail each property with a TypeError."""
+    from harness.triton_helpers import interpreter_problem
+
+    reason = interpreter_problem("3.6.0", "2.4.6")
+    assert "triton 3.6.0" in reason and "numpy 2.4.6" in reason and "triton >= 3.7 or numpy < 2.4" in reason
+    assert interpreter_problem("3.5.1+git1234abcd", "2.10.0") is not None
+    assert interpreter_problem("3.7.0", "2.4.6") is None
+    assert interpreter_problem("3.10.1", "3.0.0") is None
+    assert interpreter_problem("3.6.0", "2.3.5") is None
+    assert interpreter_problem("2.3.1", "1.26.4") is None
+
+
 def test_parse_and_format_bytes():
     assert registry.parse_bytes("4GiB") == 4 * 2**30
     assert registry.parse_bytes("1.5 MiB") == int(1.5 * 2**20)

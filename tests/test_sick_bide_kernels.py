@@ -17,13 +17,15 @@ import torch
 from harness import InputError
 from harness.problems import sick_bide
 from harness.problems import sick_bide_kernels as kernels
-from harness.triton_helpers import INTERPRET, TRITON_MISSING
+from harness.triton_helpers import INTERPRET, INTERPRETER_PROBLEM, TRITON_MISSING
 
 pytestmark = pytest.mark.skipif(TRITON_MISSING, reason="triton is not installed")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 if DEVICE == "cpu" and not INTERPRET:
     pytestmark = pytest.mark.skip(reason="no CUDA device and TRITON_INTERPRET is not set")
+elif DEVICE == "cpu" and INTERPRETER_PROBLEM:
+    pytestmark = pytest.mark.skip(reason=INTERPRETER_PROBLEM)
 
 # (batch, hidden, n_bits, targets per row): odd sizes, one-element dims, n = 32, more targets than a block,
 # rows without targets.
