@@ -208,6 +208,36 @@ def test_repeated_calls_agree_to_the_last_bit(sick_bide_variant, data):
         assert torch.equal(first[name].nan_to_num(0), second[name].nan_to_num(0)), f"{name} differs, {case}"
 
 
+# Sizes where the CUDA kernels take their production paths, which the drawn cases (n <= 11) do not
+# reach: Triton's PTX marginals (n >= 12), CuPy's 8 x 8 fused blocks (n >= 13), the target size's
+# tiles (n = 16) and a row split into several work items (n = 20). The CPU runs the first only.
+PRODUCTION_SIZES = [
+    Case(batch=3, hidden=33, n_bits=12, targets_per_row=2, seed=21),
+    Case(batch=2, hidden=32, n_bits=13, targets_per_row=1, kind="spread", seed=22),
+    Case(batch=4, hidden=32, n_bits=16, targets_per_row=3, seed=23),
+    Case(batch=1, hidden=8, n_bits=20, targets_per_row=1, seed=24),
+]
+
+
+@pytest.mark.parametrize("mode", OUTPUTS)
+def test_production_sizes_agree_to_the_last_bit(sick_bide_variant, mode):
+    """As test_repeated_calls_agree_to_the_last_bit, at the sizes where the CUDA kernels take their
+    production paths, for the forward-only call (its own kernels) and the call with gradients."""
+    backend, config, device = sick_bide_variant
+    ran = 0
+    for case in PRODUCTION_SIZES if device == "cuda" else PRODUCTION_SIZES[:1]:
+        if refusal(backend, config, case, device) is not None:
+            continue
+        inputs = case.tensors(device)
+        first, second = run(sick_bide_variant, inputs, mode), run(sick_bide_variant, inputs, mode)
+        assert set(first) == set(OUTPUTS[mode])
+        for name in first:
+            assert torch.equal(first[name].nan_to_num(0), second[name].nan_to_num(0)), f"{name} differs, {mode}, {case}"
+        ran += 1
+    if ran == 0:
+        pytest.skip(f"{registry.variant_name(backend, config)} refuses every production size on {device}")
+
+
 def test_batches_past_the_cuda_grid_limit(sick_bide_variant):
     """B = 65543, past 65535 (the largest grid y or z dimension on CUDA): every row of the loss and
     its gradients within the policy, the harness's own kernels included."""
