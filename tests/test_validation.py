@@ -203,3 +203,18 @@ def test_auto_falls_back_past_the_tables_range():
     W, r = torch.tensor([[[2.0e38, 2.0e38]]]), torch.tensor([[-1.0]])
     _, lse = sick_bide.loss(W, r, torch.tensor([[0]]))            # auto: a backend that can hold it
     assert abs(float(lse[0]) - math.log(3.0)) < 1e-6, float(lse[0])
+
+
+def test_an_empty_batch_runs_no_kernel(spy):
+    """B = 0 is answered by the harness (empty outputs and gradients) before any backend kernel runs:
+    the spy raises if one does. The same holds for the forward-only and the partial-state calls."""
+    W = torch.randn(0, 4, 5, requires_grad=True)
+    r = torch.randn(0, 4, requires_grad=True)
+    targets = torch.zeros(0, 2, dtype=torch.long)
+    nll, lse = sick_bide.loss(W, r, targets, backend="spy")
+    (nll.sum() + lse.sum()).backward()
+    assert nll.shape == (0, 2) and lse.shape == (0,) and W.grad.shape == (0, 4, 5) and r.grad.shape == (0, 4)
+    with torch.no_grad():
+        assert sick_bide.loss(W, r, targets, backend="spy")[1].shape == (0,)
+    state = sick_bide.partial_state(W.detach(), r.detach(), want_grad=True, backend="spy")
+    assert state.m.shape == (0,) and state.D.shape == (0, 4, 5)
