@@ -27,9 +27,12 @@ its hidden units in registers (H compiled in, up to 64) and walks the hi codes i
 transpose per (code, 32 hidden units). ~2.3 instructions per triple forward, ~8 fused, but
 latency-bound at 25% (12.5% fused) occupancy (PERFORMANCE.md).
 
-Launches on torch's current stream of the input's device (its CUDA stream protocol), reads
-and writes torch tensors zero-copy (their device pointers), allocates nothing itself (the partial-state
-workspace for small batches comes from torch's allocator, so peak memory counts it).
+Launches on torch's current stream of the input's device (its CUDA stream protocol), so torch's
+events, ordering and CUDA graphs see the kernels (tests/test_streams.py). Reads and writes torch
+tensors in place through their device pointers (zero-copy, as DLPack would be, without its ~30 us
+per tensor); float16 and bfloat16 W and r are first converted to float32 by torch (B x H x (n + 1)
+elements), since the tables are float32. Allocates nothing itself: that copy and the partial-state
+workspace for small batches come from torch's allocator, so peak memory counts them.
 No atomics: repeated calls agree to the last bit.
 Limits: n_bits 1..32, H up to 64, any B, log2_range <= 126 (harness/problems/sick_bide.py: the
 tables and their sums stay finite); float32, float16 and bfloat16 inputs (tables and accumulation

@@ -219,6 +219,7 @@ def _mode_plots(part: pd.DataFrame, label: str, ceilings: dict[str, float]) -> s
     if name in ceilings:
         part = part.assign(fraction=part["rate"] * part["ceiling_per_unit"] / ceilings[name])
         text += _lines(part, x, "fraction", facet, f"fraction of the measured {name} ceiling ({label})", "fraction")
+        text += _fraction_table(part, name)
     else:
         text += _lines(part, x, "rate", facet, f"rate ({label}); no ceiling measured for it here",
                        f"{part['work_unit'].iloc[0]}/s")
@@ -226,6 +227,16 @@ def _mode_plots(part: pd.DataFrame, label: str, ceilings: dict[str, float]) -> s
         text += _lines(part.assign(mib=part["peak_bytes"] / 2**20).dropna(subset=["mib"]).query("mib > 0"),
                        x, "mib", facet, f"peak memory above the inputs ({label})", "MiB")
     return text
+
+
+def _fraction_table(part: pd.DataFrame, name: str) -> str:
+    """The plotted fractions as numbers: one row per cell, one column per variant."""
+    per_unit = part["ceiling_per_unit"].iloc[0]
+    pivot = part.pivot_table(index="shape", columns="variant", values="fraction", aggfunc="median")
+    axes = list(dict.fromkeys([part["facet_axis"].iloc[0], part["x_axis"].iloc[0]]))
+    pivot = pivot.loc[part.sort_values(axes).drop_duplicates("shape")["shape"]]
+    return (f"<p>Achieved rate (work units per second x {per_unit:g} {html.escape(name)} instructions per unit) "
+            f"over the measured {html.escape(name)} ceiling, per cell:</p>" + _table(pivot.reset_index()))
 
 
 def claims_table(ok: pd.DataFrame, claims: list[dict[str, Any]], ceilings: dict[str, float]) -> str:

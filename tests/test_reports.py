@@ -144,3 +144,24 @@ def test_rows_name_the_commit_and_whether_the_tree_was_dirty(tmp_path):
     clean = sweep._commit(repo)
     tracked.write_text("b")
     assert clean and "+" not in clean and sweep._commit(repo) == clean + "+dirty"
+
+
+def test_fraction_table_divides_rate_times_instructions_by_the_ceiling():
+    import pandas as pd
+
+    from reports import html
+
+    cell = {"problem": "sick_bide", "dtype": "float32", "mode": "forward", "device": "cuda", "x_axis": "n_bits",
+            "facet_axis": "batch", "batch": 64, "ceiling_name": "fmnmx_fadd", "ceiling_per_unit": 2.0,
+            "backend": "triton", "reference": "reference", "peak_bytes": None, "work_unit": "triples"}
+    rows = pd.DataFrame([
+        {**cell, "variant": "triton", "shape": "n_bits=16,batch=64", "n_bits": 16, "time_s": 1e-3, "rate": 1e12},
+        {**cell, "variant": "cupy", "shape": "n_bits=16,batch=64", "n_bits": 16, "time_s": 1e-3, "rate": 2e12},
+        {**cell, "variant": "cupy", "shape": "n_bits=8,batch=64", "n_bits": 8, "time_s": 1e-3, "rate": 4e11},
+    ])
+    rows["ms"] = 1e3 * rows["time_s"]
+    text = html._mode_plots(rows, "sick_bide, forward, float32", {"fmnmx_fadd": 4e12})
+    table = text[text.index("per cell:"):]
+    assert table.index("n_bits=8,batch=64") < table.index("n_bits=16,batch=64")
+    assert ">0.5<" in table and ">1<" in table and ">0.2<" in table    # 2 x rate / 4e12
+    assert ">nan<" in table                                           # triton has no n = 8 cell

@@ -6,6 +6,9 @@ zeros, and only then calls the kernel. A kernel launched on that stream reads th
 launched on any other stream, or on another device, runs during the spin, reads the zeros and
 gives another loss (W = 0 makes every code's logit 0). Results must equal the same variant's on
 the real W, to the bit (every backend is deterministic on one device).
+
+The same property as torch sees it: a partial_state kernel captured by torch.cuda.graph and
+replayed on new inputs gives what an eager call gives.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import contextlib
 import pytest
 import torch
 
+from harness import autotune
 from harness.problems import sick_bide
 from harness.pytest_plugin import variant_params
 
@@ -86,5 +90,52 @@ def test_kernels_run_on_the_inputs_device_and_current_stream(variant, placement,
     side.synchronize()
     assert torch.equal(W, W_real)                               # the wrapper did run, on this device
     for name, a, b in zip(("nll", "lse", "dW", "dr"), got, expected, strict=True):
+        if b is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "fused"])
+@pytest.mark.parametrize("variant", variant_params("sick_bide", ["cuda"]))
+def test_partial_state_kernels_replay_in_a_cuda_graph(variant, grad):
+    """A kernel launched on torch's current stream is captured by torch.cuda.graph (which captures on a
+    side stream it makes current); one launched on another stream is not, and either fails the capture or
+    leaves the replay's outputs unwritten. Replayed on new W and r, the graph must give what an eager call
+    on them gives, to the bit, with every output first poisoned with NaN."""
+    backend, config, _ = variant
+    if "partial_state" not in backend.kernels:
+        pytest.skip(f"{backend.name}: no partial_state kernel to capture")
+    options, candidates = autotune.split(backend.configs[config])
+    if candidates is not None:
+        pytest.skip("autotuned configs time their candidates on the first call, which a capture cannot hold")
+    device = torch.device("cuda", torch.cuda.current_device())
+    kernel = backend.kernels["partial_state"]
+    W, r, _ = _inputs(device, seed=1)
+    W_new, r_new, _ = _inputs(device, seed=2)
+    n_bits = W.shape[2]
+
+    def state():
+        D = torch.empty(W.shape, device=device) if grad else None
+        return sick_bide.PartialState(torch.empty(W.shape[0], device=device),
+                                      torch.empty(W.shape[0], device=device), D)
+
+    expected = state()
+    kernel(W_new, r_new, 0, 1 << n_bits, expected, **options)
+    static = state()
+    side = torch.cuda.Stream(device=device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):      # compile and load outside the capture
+        kernel(W, r, 0, 1 << n_bits, static, **options)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        kernel(W, r, 0, 1 << n_bits, static, **options)
+    for t in static:
+        if t is not None:
+            t.fill_(float("nan"))
+    W.copy_(W_new)
+    r.copy_(r_new)
+    graph.replay()
+    torch.cuda.synchronize(device)
+    for name, a, b in zip(("m", "s", "D"), static, expected, strict=True):
         if b is not None:
             torch.testing.assert_close(a, b, rtol=0, atol=0, msg=lambda m, name=name: f"{name}: {m}")
