@@ -235,8 +235,9 @@ def _fraction_table(part: pd.DataFrame, name: str) -> str:
     pivot = part.pivot_table(index="shape", columns="variant", values="fraction", aggfunc="median")
     axes = list(dict.fromkeys([part["facet_axis"].iloc[0], part["x_axis"].iloc[0]]))
     pivot = pivot.loc[part.sort_values(axes).drop_duplicates("shape")["shape"]]
-    return (f"<p>Achieved rate (work units per second x {per_unit:g} {html.escape(name)} instructions per unit) "
-            f"over the measured {html.escape(name)} ceiling, per cell:</p>" + _table(pivot.reset_index()))
+    unit = html.escape(str(part["work_unit"].iloc[0]))
+    return (f"<p>Fraction of the measured {html.escape(name)} ceiling per cell: {unit} per second x {per_unit:g} "
+            f"(the ceiling's units per one of the {unit}), over the ceiling:</p>" + _table(pivot.reset_index()))
 
 
 def claims_table(ok: pd.DataFrame, claims: list[dict[str, Any]], ceilings: dict[str, float]) -> str:
