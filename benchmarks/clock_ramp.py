@@ -2,7 +2,7 @@
 
 The sweep (harness/sweep.py) times one call per sample, after an L2 flush, between other variants'
 calls and host work; a GPU that idles there may lower its clock and ramp it up during the sampled call.
-This times one large SICK-BIDE call per variant under three conditions, interleaved (A B C A B C):
+This times one SICK-BIDE forward call per variant under five conditions, interleaved per round:
   idle:  the host sleeps 100 ms, then the sweep's sample() (flush, events, one call);
   spin:  the host sleeps 100 ms, a ~20 ms device spin is queued, then sample();
   b2b:   sample() right after another sample() of the same call;
@@ -23,6 +23,7 @@ import triton.testing
 
 from harness import registry, sweep
 from harness.problems.sick_bide_problem import make_inputs, prepare
+from harness.verify import parse_sizes
 
 
 def main() -> None:
@@ -33,8 +34,7 @@ def main() -> None:
     args = parser.parse_args()
     registry.load()
     device = torch.device("cuda", torch.cuda.current_device())
-    sizes = {k: int(v) for k, v in (item.split("=") for item in args.sizes.split(","))}
-    inputs = make_inputs(sizes, torch.float32, device, seed=0)
+    inputs = make_inputs(parse_sizes(args.sizes), torch.float32, device, seed=0)
     flush = sweep.L2Flush(device)
     fns = {}
     for name in args.variant or ["cupy", "triton"]:

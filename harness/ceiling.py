@@ -67,8 +67,8 @@ def fmnmx_fadd_per_second(device: str | torch.device, iters: int = 4096) -> floa
         x = tl.arange(0, BLOCK).to(tl.float32) * seed
         a0, a1, a2, a3 = x + 1.0, x + 2.0, x + 3.0, x + 4.0
         a4, a5, a6, a7 = x + 5.0, x + 6.0, x + 7.0, x + 8.0
-        s0, s1, s2, s3 = x * 0.0, x * 0.0, x * 0.0, x * 0.0
-        s4, s5, s6, s7 = x * 0.0, x * 0.0, x * 0.0, x * 0.0
+        s0, s1, s2, s3 = tl.zeros_like(x), tl.zeros_like(x), tl.zeros_like(x), tl.zeros_like(x)
+        s4, s5, s6, s7 = tl.zeros_like(x), tl.zeros_like(x), tl.zeros_like(x), tl.zeros_like(x)
         b = tl.program_id(0).to(tl.float32) * seed
         for _ in range(ITERS):
             s0 += tl.maximum(a0, b)

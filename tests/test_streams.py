@@ -114,9 +114,7 @@ def test_partial_state_kernels_replay_in_a_cuda_graph(variant, grad):
     n_bits = W.shape[2]
 
     def state():
-        D = torch.empty(W.shape, device=device) if grad else None
-        return sick_bide.PartialState(torch.empty(W.shape[0], device=device),
-                                      torch.empty(W.shape[0], device=device), D)
+        return sick_bide.empty_state(*W.shape, W.dtype, device, want_grad=grad)
 
     expected = state()
     kernel(W_new, r_new, 0, 1 << n_bits, expected, **options)
